@@ -1,0 +1,27 @@
+# bigmodel: set-up, tests and benchmarks.
+#   make install                      the package (editable) + dev tools, CPU torch by default
+#   make install TORCH_CONSTRAINT=    keep whatever torch pip picks (e.g. a CUDA build)
+#   make test                         the test suite (what CI runs)
+#   make bench                        benchmarks; writes outputs/bench/report.{md,json}
+
+PYTHON ?= python3
+TORCH_CONSTRAINT ?= constraints/torch-cpu.txt
+CONSTRAINT_ARGS = $(if $(TORCH_CONSTRAINT),-c $(TORCH_CONSTRAINT),)
+
+.PHONY: install test bench lint clean
+
+install:
+	$(PYTHON) -m pip install $(CONSTRAINT_ARGS) -e ".[dev]"
+
+test:
+	$(PYTHON) -m pytest -q
+
+bench:
+	$(PYTHON) bench/run.py
+
+lint:
+	$(PYTHON) -m ruff check bigmodel_cli tests bench
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache outputs bench/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
