@@ -1,0 +1,134 @@
+"""Checkpoints: `model.safetensors` + `meta.json` (+ `state.pt`), written atomically.
+
+A checkpoint is a directory. It is written under a temporary name and renamed into place,
+so an interrupted write never leaves a half-written `last/` or `best/`. Weights come from
+the unwrapped module (no `module.` / `_orig_mod.` prefixes). `state.pt` holds only tensors
+and plain Python values, so it loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bigmodel_cli.errors import UsageError
+
+WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
+ALLOWED_TARGET_PREFIXES = ("bigmodel_cli.",)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n",
+                    encoding="utf-8")
+
+
+def save_checkpoint(directory: Path, model: nn.Module, meta: dict,
+                    state: dict | None = None) -> None:
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    _write_json(tmp / META, meta)
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    for f in tmp.iterdir():  # data on disk before the rename makes it visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(run_or_ckpt: Path, ckpt: str = "best") -> Path:
+    """A checkpoint directory from a run dir (+ `best`/`last`) or a checkpoint dir itself."""
+    path = Path(run_or_ckpt).expanduser()
+    if not path.exists():
+        raise UsageError(f"run={path}: no such directory")
+    if (path / WEIGHTS).is_file():
+        return path
+    if ckpt not in ("best", "last"):
+        candidate = Path(ckpt).expanduser()
+        if (candidate / WEIGHTS).is_file():
+            return candidate
+        raise UsageError(f"ckpt={ckpt}: not a checkpoint directory (no {WEIGHTS}); "
+                         "use best, last or a checkpoint directory")
+    folder = path / "checkpoints"
+    if not folder.is_dir():
+        raise UsageError(f"run={path}: not a run directory (no checkpoints/ in it); give the "
+                         "directory a finetune run printed at its end, e.g. outputs/finetune/<date>/<time>")
+    target = folder / ckpt
+    if (target / WEIGHTS).is_file():
+        return target
+    # A crash between the two renames of save_checkpoint leaves only the previous copy.
+    for leftover in sorted(folder.glob(f".{ckpt}.old-*")):
+        if (leftover / WEIGHTS).is_file() and (leftover / META).is_file():
+            return leftover
+    raise UsageError(f"run={path}: no {ckpt} checkpoint in {folder} "
+                     f"(found: {', '.join(p.name for p in folder.iterdir()) or 'nothing'})")
+
+
+def read_meta(directory: Path) -> dict:
+    try:
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{directory}: not a checkpoint (no {META})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{directory / META}: corrupt checkpoint metadata ({exc})") from None
+    for key in ("model", "task", "model_args", "num_labels"):
+        if key not in meta:
+            raise UsageError(f"{directory / META}: corrupt checkpoint metadata (no {key!r})")
+    return meta
+
+
+def build_model(meta: dict) -> tuple[nn.Module, Any]:
+    """Rebuild (model, task) from checkpoint metadata; only bigmodel classes are allowed."""
+    from hydra.utils import instantiate
+
+    for part in ("model", "task"):
+        target = str(meta[part].get("_target_", ""))
+        if not target.startswith(ALLOWED_TARGET_PREFIXES):
+            raise UsageError(f"checkpoint {part} target {target!r} is not a bigmodel class")
+    encoder = instantiate(meta["model"], **meta["model_args"])
+    task = instantiate(meta["task"])
+    return task.build_model(encoder, meta["num_labels"]), task
+
+
+def load_weights(model: nn.Module, directory: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(unwrap(model), str(directory / WEIGHTS), strict=False)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"{directory / WEIGHTS}: corrupt or incompatible weights ({exc})") from None
+    if missing or unexpected:
+        raise UsageError(f"{directory / WEIGHTS}: weights do not fit the model "
+                         f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+
+
+def load_state(directory: Path) -> dict | None:
+    path = directory / STATE
+    return torch.load(path, weights_only=True) if path.is_file() else None

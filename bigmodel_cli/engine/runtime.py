@@ -1,0 +1,92 @@
+"""Device choice, seeding, and the run directory's metrics files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bigmodel_cli.errors import UsageError
+
+log = logging.getLogger("bigmodel")
+
+
+def select_device(name: str, threads: int | None = None) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; naming an unavailable device is an error."""
+    if threads:
+        torch.set_num_threads(threads)
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device=cuda: no CUDA device is available here (use device=auto or device=cpu)")
+    elif name == "mps" and not has_mps:
+        raise UsageError("device=mps: Apple MPS is not available here (use device=auto or device=cpu)")
+    elif name not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device.name={name!r}: use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """RNG states as tensors and plain values (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per logged step and per evaluation, appended and flushed."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.start = time.time()
+
+    def write(self, record: dict) -> None:
+        record = {"time": round(time.time() - self.start, 3), **_clean(record)}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=2, ensure_ascii=False, default=str) + "\n",
+                   encoding="utf-8")
+    tmp.replace(path)
+
+
+def versions() -> dict[str, str]:
+    import hydra
+
+    from bigmodel_cli import __version__
+
+    return {"bigmodel": __version__, "torch": torch.__version__, "hydra": hydra.__version__,
+            "python": ".".join(map(str, __import__("sys").version_info[:3]))}

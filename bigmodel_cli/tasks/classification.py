@@ -1,0 +1,83 @@
+"""Single-label classification: what the task adds to an encoder (head, loss, metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Classifier(nn.Module):
+    """An encoder (anything with `output_dim` returning one vector per input) + a linear head."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, head_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(encoder.output_dim, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.encoder(input_ids, lengths)))
+
+
+class ClassificationMetrics:
+    """Collects predictions over an evaluation, then scores them with scikit-learn."""
+
+    def __init__(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+        self.preds: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.loss_sum = 0.0
+        self.count = 0
+
+    def update(self, logits: torch.Tensor, batch: dict, loss: torch.Tensor) -> None:
+        n = logits.shape[0]
+        self.preds.append(logits.argmax(-1).cpu().numpy())
+        self.labels.append(batch["labels"].cpu().numpy())
+        self.loss_sum += float(loss) * n
+        self.count += n
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.labels), np.concatenate(self.preds)
+
+    def compute(self) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+        y_true, y_pred = self.arrays()
+        labels = list(range(self.num_labels))
+        out = {"loss": self.loss_sum / max(self.count, 1),
+               "accuracy": float(accuracy_score(y_true, y_pred))}
+        for average in ("macro", "weighted"):
+            p, r, f, _ = precision_recall_fscore_support(
+                y_true, y_pred, labels=labels, average=average, zero_division=0)
+            out.update({f"precision_{average}": float(p), f"recall_{average}": float(r),
+                        f"f1_{average}": float(f)})
+        out["samples"] = self.count
+        return out
+
+
+class ClassificationTask:
+    """Builds the model around an encoder and owns the loss and metrics."""
+
+    name = "classification"
+
+    def __init__(self, head_dropout: float = 0.0, label_smoothing: float = 0.0) -> None:
+        self.head_dropout = head_dropout
+        self.label_smoothing = label_smoothing
+
+    def build_model(self, encoder: nn.Module, num_labels: int) -> Classifier:
+        return Classifier(encoder, num_labels, self.head_dropout)
+
+    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["input_ids"], batch["lengths"])
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.label_smoothing)
+
+    def eval_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Plain cross-entropy (no smoothing): the loss reported on validation/test."""
+        return F.cross_entropy(logits.float(), batch["labels"])
+
+    def new_metrics(self, num_labels: int) -> ClassificationMetrics:
+        return ClassificationMetrics(num_labels)
