@@ -1,0 +1,119 @@
+"""bigmodel finetune: train a classifier on a labeled dataset, then score it on test."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from bigmodel_cli.commands.common import build, count_parameters
+
+log = logging.getLogger("bigmodel")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    import torch
+
+    from bigmodel_cli.data.batching import TextBatches
+    from bigmodel_cli.data.sources import load_text_dataset
+    from bigmodel_cli.data.text import tokenize_splits
+    from bigmodel_cli.engine.checkpoint import load_weights
+    from bigmodel_cli.engine.optim import build_optimizers
+    from bigmodel_cli.engine.plots import training_curves
+    from bigmodel_cli.engine.runtime import select_device, seed_everything, versions, write_json
+    from bigmodel_cli.engine.trainer import Trainer, TrainSettings, evaluate
+
+    started = time.time()
+    trainer_cfg = cfg.trainer
+    try:
+        settings = TrainSettings.from_config(trainer_cfg)
+    except ValueError as exc:
+        from bigmodel_cli.errors import UsageError
+        raise UsageError(str(exc)) from None
+    device = select_device(cfg.device.name, cfg.device.threads)
+    seed_everything(cfg.seed)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+
+    data = load_text_dataset(cfg.data, seed=cfg.seed, cache_dir=cache_dir,
+                             max_train_samples=trainer_cfg.max_train_samples,
+                             max_eval_samples=trainer_cfg.max_eval_samples)
+    log.info("splits: %s; %d labels", ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()),
+             len(data.label_names))
+    selection = {"seed": cfg.seed, "max_train_samples": trainer_cfg.max_train_samples,
+                 "max_eval_samples": trainer_cfg.max_eval_samples,
+                 "data": OmegaConf.to_container(cfg.data, resolve=True)}
+    tokenizer, encoded = tokenize_splits(data.splits, data.files, selection, cache_dir,
+                                         cfg.data.tokenizer, cfg.data.max_length)
+    tokenizer.save(str(run_dir / "tokenizer.json"))
+    write_json(run_dir / "labels.json", data.label_names)
+
+    model_args = {"vocab_size": tokenizer.get_vocab_size(), "padding_idx": 0}
+    encoder = build(cfg.model, "model", **model_args)
+    task = build(cfg.task, "task")
+    model = task.build_model(encoder, len(data.label_names)).to(device)
+    optimizers = build_optimizers(model, build(cfg.optimizer, "optimizer"), cfg.optimizer)
+    scheduler_factory = build(cfg.scheduler, "scheduler")
+    n_params = count_parameters(model)
+    log.info("model: %s, %s parameters", cfg.model._target_.rsplit(".", 1)[-1], f"{n_params:,}")
+
+    def batches(split: str, train: bool) -> TextBatches:
+        return TextBatches(encoded[split], trainer_cfg.batch_size if train else trainer_cfg.eval_batch_size,
+                           shuffle=train, seed=cfg.seed, bucket_by_length=trainer_cfg.bucket_by_length)
+
+    checkpoint_meta = {
+        "format": 1, "command": "finetune",
+        "model": OmegaConf.to_container(cfg.model, resolve=True), "model_args": model_args,
+        "task": OmegaConf.to_container(cfg.task, resolve=True),
+        "num_labels": len(data.label_names), "label_names": data.label_names,
+        "max_length": cfg.data.max_length, "versions": versions(),
+    }
+    num_labels = len(data.label_names)
+    trainer = Trainer(model, task, optimizers, scheduler_factory, device, settings, run_dir,
+                      checkpoint_meta, new_metrics=lambda: task.new_metrics(num_labels))
+    fit = trainer.fit(batches("train", True), batches("validation", False))
+
+    test_metrics = None
+    if "test" in encoded:
+        load_weights(model, run_dir / "checkpoints" / "best")
+        test_metrics = evaluate(model, task, batches("test", False), device,
+                                task.new_metrics(num_labels))
+        trainer.metrics_log.write({"split": "test", "step": trainer.step, "checkpoint": "best",
+                                   **test_metrics})
+    training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training_curves.png",
+                    settings.monitor)
+    summary = {
+        "command": "finetune", "run_dir": str(run_dir),
+        "model": cfg.model._target_, "data": cfg.data.name, "data_source": data.source,
+        "data_notes": data.notes, "splits": {k: len(v) for k, v in data.splits.items()},
+        "monitor": settings.monitor, "best_step": fit["best_step"],
+        "best_validation": fit["best_validation"], "last_validation": fit["last_validation"],
+        "test": test_metrics, "steps": fit["steps"], "epochs": fit["epochs"],
+        "train_time_s": round(fit["train_time_s"], 3), "samples_per_s": round(fit["samples_per_s"], 1),
+        "total_time_s": round(time.time() - started, 3), "parameters": n_params,
+        "device": str(device), "seed": cfg.seed, "versions": versions(),
+    }
+    write_json(run_dir / "metrics.json", summary)
+    print_summary(summary)
+    print(run_dir, flush=True)  # stdout: the run directory, for scripts
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"finetune {summary['model'].rsplit('.', 1)[-1]} on {summary['data']}")
+    table.add_column("metric")
+    for col in ("validation (best)", "test"):
+        table.add_column(col, justify="right")
+    best, test = summary["best_validation"] or {}, summary["test"] or {}
+    for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"):
+        table.add_row(key, *(f"{m[key]:.4f}" if key in m else "-" for m in (best, test)))
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"{summary['steps']} steps in {summary['train_time_s']:.1f} s "
+                  f"({summary['samples_per_s']:,.0f} samples/s), {summary['parameters']:,} "
+                  f"parameters, device {summary['device']}")
+    console.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
