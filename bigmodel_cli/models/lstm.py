@@ -33,7 +33,7 @@ class LSTMEncoder(nn.Module):
         hidden_size: int = 128,
         num_layers: int = 2,
         bidirectional: bool = True,
-        dropout: float = 0.3,
+        dropout: float = 0.2,
         pooling: str = "max",
     ) -> None:
         super().__init__()
