@@ -47,7 +47,12 @@ class TrainedRun:
 
 def load_run(run: str, ckpt: str, device) -> TrainedRun:
     from bigmodel_cli.data.text import load_tokenizer
-    from bigmodel_cli.engine.checkpoint import build_model, load_weights, read_meta, resolve_checkpoint
+    from bigmodel_cli.engine.checkpoint import (
+        build_model,
+        load_weights,
+        read_meta,
+        resolve_checkpoint,
+    )
 
     ckpt_dir = resolve_checkpoint(Path(run), ckpt)
     run_dir = ckpt_dir.parent.parent if ckpt_dir.parent.name == "checkpoints" else Path(run)

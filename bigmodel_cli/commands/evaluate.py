@@ -13,7 +13,6 @@ log = logging.getLogger("bigmodel")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    import numpy as np
 
     from bigmodel_cli.commands.common import load_run
     from bigmodel_cli.data.batching import TextBatches

@@ -14,7 +14,6 @@ log = logging.getLogger("bigmodel")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    import torch
 
     from bigmodel_cli.data.batching import TextBatches
     from bigmodel_cli.data.sources import load_text_dataset
@@ -22,7 +21,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from bigmodel_cli.engine.checkpoint import load_weights
     from bigmodel_cli.engine.optim import build_optimizers
     from bigmodel_cli.engine.plots import training_curves
-    from bigmodel_cli.engine.runtime import select_device, seed_everything, versions, write_json
+    from bigmodel_cli.engine.runtime import seed_everything, select_device, versions, write_json
     from bigmodel_cli.engine.trainer import Trainer, TrainSettings, evaluate
 
     started = time.time()

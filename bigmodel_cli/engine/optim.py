@@ -9,7 +9,8 @@ torch.optim.SparseAdam (same lr, betas, eps; no weight decay) for Adam/AdamW, pl
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
