@@ -1,0 +1,79 @@
+"""Layer 2: CLI routing, help, version, and Hydra's own flags per command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bigmodel_cli import __version__
+from bigmodel_cli.cli import hydra_quote, quote_free_text
+
+
+def test_root_help_lists_commands_without_importing_torch(cli):
+    code = ("import sys; from bigmodel_cli.cli import app\n"
+            "try:\n    app(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for command in ("finetune", "evaluate", "predict"):
+        assert command in result.stdout
+    assert "Train a model on a labeled dataset" in result.stdout
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"bigmodel {__version__}"
+
+
+def test_no_command_shows_usage(cli):
+    result = cli()
+    assert result.returncode in (0, 2)
+    assert "finetune" in result.stdout + result.stderr
+
+
+def test_unknown_command_is_usage_error(cli):
+    result = cli("pretrian")
+    assert result.returncode == 2
+    assert "No such command" in result.stderr
+
+
+def test_command_help_is_hydras_with_config_groups(cli):
+    result = cli("finetune", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "== Configuration groups ==" in result.stdout
+    for line in ("model: fasttext, lstm", "data: ag_news, csv, news, sst2",
+                 "optimizer: adam, adamw, sgd", "scheduler: constant, cosine, linear_warmup",
+                 "device: auto, cpu, cuda, mps", "trainer: debug, default"):
+        assert line in result.stdout
+    assert "bigmodel finetune" in result.stdout
+
+
+def test_cfg_job_prints_composed_config_with_overrides(cli):
+    result = cli("finetune", "model=fasttext", "optimizer=sgd", "optimizer.lr=0.5",
+                 "+extra.note=hi", "~scheduler", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "FastTextEncoder" in out and "torch.optim.SGD" in out and "lr: 0.5" in out
+    assert "note: hi" in out
+    assert "scheduler:" not in out
+    assert not (cli.cwd / "outputs").exists()  # --cfg runs nothing
+
+
+def test_cfg_package_and_info(cli):
+    result = cli("finetune", "--cfg", "job", "-p", "optimizer")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.lstrip().startswith("# @package optimizer")
+    assert "model:" not in result.stdout
+    info = cli("evaluate", "--info", "defaults")
+    assert info.returncode == 0, info.stderr
+    assert "Defaults List" in info.stdout
+
+
+def test_free_text_values_are_quoted_for_hydra():
+    assert quote_free_text(["text=央行宣布, 下调"]) == ["text='央行宣布, 下调'"]
+    assert quote_free_text(["text=it's"]) == ["text='it\\'s'"]
+    assert quote_free_text(["text=[甲,乙]"]) == ["text=['甲','乙']"]
+    assert quote_free_text(["optimizer.lr=0.1", "text='kept'"]) == ["optimizer.lr=0.1", "text='kept'"]
+    assert quote_free_text(["data.path=/数据"]) == ["data.path='/数据'"]
+    assert hydra_quote("a\\") == "'a\\\\'"

@@ -1,0 +1,67 @@
+"""Layer 1: every YAML under conf/ composes, and every `_target_` instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bigmodel_cli.config import conf_dir
+
+CONF = Path(conf_dir())
+PRIMARY = ("finetune", "evaluate", "predict")
+ALL_YAML = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
+GROUP_OPTIONS = sorted(
+    (p.parent.relative_to(CONF).as_posix(), p.stem)
+    for p in CONF.rglob("*.yaml")
+    if p.parent != CONF and not p.relative_to(CONF).as_posix().startswith("hydra/")
+)
+
+
+def _compose(name: str, overrides: list[str], hydra_cfg: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name=name, overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+def test_every_yaml_is_covered_below():
+    covered = {f"{p}.yaml" for p in PRIMARY} | {"common.yaml"}
+    covered |= {f"{g}/{o}.yaml" for g, o in GROUP_OPTIONS}
+    covered |= {p for p in ALL_YAML if p.startswith("hydra/")}  # test_primary_configs_compose
+    assert set(ALL_YAML) == covered
+    assert len(GROUP_OPTIONS) >= 19
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_primary_configs_compose(name):
+    cfg = _compose(name, [], hydra_cfg=True)
+    assert cfg.hydra.job.name == name
+    assert cfg.hydra.run.dir.startswith(f"outputs/{name}/")
+    logging_cfg = OmegaConf.to_container(cfg.hydra.job_logging, resolve=False)
+    assert logging_cfg["handlers"]["file"]["filename"].endswith("/${hydra.job.name}.log")
+    assert "Configuration groups" in cfg.hydra.help.template
+    assert OmegaConf.is_missing(cfg, "run") if name != "finetune" else cfg.model
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_group_option_composes_and_instantiates(group, option):
+    cfg = _compose("finetune", [f"{group}={option}"])
+    node = OmegaConf.select(cfg, group.replace("/", "."))
+    assert node is not None
+    model = instantiate(cfg.model, vocab_size=50, padding_idx=0)
+    task = instantiate(cfg.task)
+    classifier = task.build_model(model, 3)
+    optimizer = instantiate(cfg.optimizer)(classifier.parameters() if not getattr(
+        model, "embedding", None) or not getattr(model.embedding, "sparse", False)
+        else classifier.head.parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=10)
+    ids = torch.randint(1, 50, (2, 5))
+    logits = classifier(ids, torch.tensor([5, 3]))
+    assert logits.shape == (2, 3)
+    optimizer.step()
+    scheduler.step()
+    for key in ("name", "files", "text_column", "label_column", "max_length", "tokenizer"):
+        assert key in cfg.data

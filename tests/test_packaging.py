@@ -1,0 +1,46 @@
+"""A non-editable wheel install carries the configs: `bigmodel finetune --cfg job` works
+from a fresh virtual environment, away from the repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_ships_configs_and_runs(tmp_path):
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(dist.glob("bigmodel-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("bigmodel_cli/conf/finetune.yaml", "bigmodel_cli/conf/model/lstm.yaml",
+                   "bigmodel_cli/conf/hydra/job_logging/bigmodel.yaml", "bigmodel_cli/cli.py"):
+        assert needed in names, needed
+
+    venv = tmp_path / "venv"
+    # System site-packages provide the dependencies; the package itself comes from the wheel.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps",
+                          "--force-reinstall", str(wheel)], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import bigmodel_cli, bigmodel_cli.config as c; print(bigmodel_cli.__file__); print(c.conf_dir())"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    module_file, conf = where.stdout.split()
+    assert module_file.startswith(str(venv)) and conf.startswith(str(venv)), where.stdout
+    result = subprocess.run([str(venv / "bin" / "bigmodel"), "finetune", "model=fasttext", "--cfg", "job"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "FastTextEncoder" in result.stdout
+    help_ = subprocess.run([str(venv / "bin" / "bigmodel"), "finetune", "--help"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert "model: fasttext, lstm" in help_.stdout

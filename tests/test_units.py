@@ -1,0 +1,111 @@
+"""Unit checks of the pieces the end-to-end tests rely on: models, schedules, checkpoints,
+splits, config type checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bigmodel_cli.config import type_errors
+from bigmodel_cli.data.sources import _stratified_parts
+from bigmodel_cli.engine.checkpoint import load_state, resolve_checkpoint, save_checkpoint
+from bigmodel_cli.engine.schedules import cosine, linear_warmup
+from bigmodel_cli.errors import UsageError
+from bigmodel_cli.models.fasttext import FastTextEncoder
+from bigmodel_cli.models.lstm import LSTMEncoder, reverse_valid
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "last"])
+def test_lstm_output_does_not_depend_on_padding(pooling):
+    torch.manual_seed(0)
+    model = LSTMEncoder(100, 0, embedding_dim=16, hidden_size=8, pooling=pooling).eval()
+    lengths = torch.tensor([9, 6, 2, 1])
+    ids = torch.randint(1, 100, (4, 9))
+    for row, n in enumerate(lengths):
+        ids[row, n:] = 0
+    batched = model(ids, lengths)
+    for row, n in enumerate(lengths):
+        alone = model(ids[row:row + 1, :n], lengths[row:row + 1])
+        torch.testing.assert_close(batched[row], alone[0])
+
+
+def test_reverse_valid_keeps_padding_in_place():
+    x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]]).unsqueeze(-1)
+    out = reverse_valid(x, torch.tensor([3, 2])).squeeze(-1)
+    assert out.tolist() == [[3, 2, 1, 0], [5, 4, 0, 0]]
+
+
+def test_fasttext_bigrams_are_hashed_and_padding_ignored():
+    model = FastTextEncoder(vocab_size=10, padding_idx=0, embedding_dim=4, ngram_buckets=7)
+    ids = torch.tensor([[1, 2, 3, 0], [1, 2, 3, 4]])
+    grams = model.ngram_ids(ids, torch.tensor([3, 4]))
+    assert grams.shape == (2, 4 + 3)
+    assert grams[0, :3].tolist() == [1, 2, 3] and grams[0, 3] == 0
+    bigrams = grams[0, 4:]
+    assert bigrams[2] == 0                       # (3, PAD) is not a bigram
+    assert ((bigrams[:2] >= 10) & (bigrams[:2] < 17)).all()
+    assert grams[0, 4:6].tolist() == grams[1, 4:6].tolist()  # same bigram, same bucket
+    emb = model(ids, torch.tensor([3, 4]))
+    assert emb.shape == (2, 4)
+    # The mean ignores padding: appending padding does not change the embedding.
+    padded = torch.cat([ids[:1], torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded, torch.tensor([3])), emb[:1])
+
+
+def test_schedules():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = linear_warmup(opt, total_steps=100, warmup_ratio=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[50] == pytest.approx((100 - 50) / 90) and lrs[-1] < 0.02
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched2 = cosine(opt2, total_steps=10, warmup_ratio=0.0, min_lr_ratio=0.1)
+    values = []
+    for _ in range(11):
+        values.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.1)
+
+
+def test_checkpoint_is_atomic_and_state_loads_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    target = tmp_path / "checkpoints" / "last"
+    state = {"step": 3, "rng": {"torch": torch.get_rng_state()}, "python": (3, (1, 2), None)}
+    save_checkpoint(target, model, {"step": 3}, state)
+    save_checkpoint(target, model, {"step": 4}, state)  # replaces the previous one
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last"]
+    assert load_state(target)["step"] == 3
+    # A crash between the two renames leaves only the previous copy: it is still found.
+    (target.parent / "last").rename(target.parent / ".last.old-123")
+    assert resolve_checkpoint(tmp_path, "last").name == ".last.old-123"
+    with pytest.raises(UsageError, match="no best checkpoint"):
+        resolve_checkpoint(tmp_path, "best")
+
+
+def test_stratified_parts_are_seeded_disjoint_and_balanced():
+    labels = np.repeat(np.arange(4), 100)
+    a = _stratified_parts(labels, [0.8, 0.1, 0.1], seed=1)
+    b = _stratified_parts(labels, [0.8, 0.1, 0.1], seed=1)
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert [len(p) for p in a] == [320, 40, 40]
+    assert len(np.unique(np.concatenate(a))) == 400
+    assert np.bincount(labels[a[1]]).tolist() == [10, 10, 10, 10]
+
+
+def test_type_errors_follow_yaml_defaults():
+    defaults = {"lr": 0.1, "epochs": 3, "name": "x", "flag": True, "opt": None,
+                "nested": {"k": 1}, "ref": "${other}"}
+    ok = {"lr": 1, "epochs": 5, "name": 2024, "flag": False, "opt": "anything",
+          "nested": {"k": 2}, "ref": 5}
+    assert type_errors(ok, defaults) == []
+    bad = {"lr": "abc", "epochs": 1.5, "name": "x", "flag": "yes", "nested": {"k": "z"}}
+    errors = type_errors(bad, defaults)
+    assert len(errors) == 4
+    assert errors[0].startswith("lr: expected a number")
+    assert any(e.startswith("nested.k: expected an integer") for e in errors)
