@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Benchmarks for `bigmodel`: startup time, training figures against targets, engine overhead.
+
+    python3 bench/run.py                           all (the full lstm run alone takes ~10 minutes)
+    python3 bench/run.py --only startup,overhead   a subset of: startup, overhead, fasttext, lstm
+    python3 bench/run.py --quick                   trainer=debug runs and 20-step loops: checks
+                                                   this script; its figures are not comparable
+
+Prints figures and writes outputs/bench/report.md and report.json. It reports, it does not
+test: the exit status is 0 whether or not the targets are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "outputs" / "bench"
+WORK = OUT / "work"  # the commands run here, so their outputs/ land under outputs/bench/work
+SECTIONS = ("startup", "overhead", "fasttext", "lstm")
+STARTUP_RUNS = 5
+STARTUP = (("help", ["--help"], 0, 0.3),  # (key, arguments, expected exit code, target seconds)
+           ("cfg_job", ["finetune", "--cfg", "job"], 0, 1.0),
+           ("config_error", ["finetune", "optimizer.lr=abc"], 2, 1.0))
+# Test accuracy at least `accuracy` with a train time (metrics.json train_time_s) of at most `train_s`.
+TRAIN_TARGETS = {"fasttext": {"accuracy": 0.920, "train_s": 120.0},
+                 "lstm": {"accuracy": 0.905, "train_s": 600.0}}
+OVERHEAD_STEPS = {"fasttext": 500, "lstm": 300}  # optimizer steps per loop (less than one epoch)
+QUICK_STEPS = 20
+
+
+def bigmodel_command() -> list[str]:
+    """The installed `bigmodel` script itself (not a version-manager shim in front of it)."""
+    script = Path(sys.executable).with_name("bigmodel")
+    found = str(script) if script.is_file() else shutil.which("bigmodel")
+    return [found] if found else [sys.executable, "-m", "bigmodel_cli"]
+
+
+def run_child(args: list[str], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+    """Run `args` in WORK; returns (exit code, wall seconds, peak RSS of that child in MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=WORK, stdout=stdout, stderr=stderr)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not a max over children
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, wall, usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**20
+
+
+def verdict(ok: bool, quick: bool = False) -> str:
+    return "n/a (quick)" if quick else "PASS" if ok else "MISS"
+
+
+def bench_startup(cli: list[str]) -> dict:
+    """Median wall time of each command over STARTUP_RUNS runs, with the exit codes seen."""
+    results: dict = {"targets": {}}
+    for key, args, want_code, target_s in STARTUP:
+        runs = [run_child(cli + args) for _ in range(STARTUP_RUNS)]
+        seconds = round(statistics.median(wall for _, wall, _ in runs), 3)
+        codes = sorted({code for code, _, _ in runs})
+        command = "bigmodel " + " ".join(args)
+        results[key] = {"command": command, "median_s": seconds, "exit_codes": codes,
+                        "target_s": target_s}
+        results["targets"][f"`{command}` exits {want_code} in <= {target_s} s"] = verdict(
+            codes == [want_code] and seconds <= target_s)
+    return results
+
+
+def bench_training(cli: list[str], model: str, quick: bool) -> dict:
+    args = ["finetune", f"model={model}", "data=news"] + (["trainer=debug"] if quick else [])
+    stdout_file, log_file = WORK / f"{model}.stdout", WORK / f"{model}.log"
+    print(f"  running: bigmodel {' '.join(args)}  (log: {log_file})", flush=True)
+    with open(stdout_file, "w") as out, open(log_file, "w") as err:
+        code, wall, rss = run_child(cli + args, out, err)
+    result: dict = {"command": "bigmodel " + " ".join(args), "exit_code": code,
+                    "wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
+    lines = stdout_file.read_text().splitlines()
+    if code != 0 or not lines:
+        print("\n".join("    | " + line for line in log_file.read_text(errors="replace").splitlines()[-10:]))
+        return {**result, "error": f"exit code {code}; see {log_file}",
+                "targets": {"the run completes": "MISS"}}
+    run_dir = WORK / lines[-1].strip()  # the last stdout line: the run directory
+    m = json.loads((run_dir / "metrics.json").read_text())
+    result.update(run_dir=str(run_dir), test_accuracy=m["test"]["accuracy"],
+                  test_f1_macro=m["test"]["f1_macro"],
+                  best_validation_accuracy=m["best_validation"]["accuracy"],
+                  train_time_s=m["train_time_s"], total_time_s=m["total_time_s"],
+                  samples_per_s=m["samples_per_s"], parameters=m["parameters"])
+    t = TRAIN_TARGETS[model]
+    ok = result["test_accuracy"] >= t["accuracy"] and result["train_time_s"] <= t["train_s"]
+    name = f"test accuracy >= {t['accuracy']} with train time <= {t['train_s']:.0f} s"
+    return {**result, "targets": {name: verdict(ok, quick)}}
+
+
+def bench_overhead(models: list[str], quick: bool) -> dict:
+    """Samples/s of a plain hand-written loop vs the engine: same model, data and batches."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from torch import nn
+    from torch.nn import functional as F
+
+    from bigmodel_cli.config import conf_dir
+    from bigmodel_cli.data.batching import TextBatches
+    from bigmodel_cli.data.sources import load_text_dataset
+    from bigmodel_cli.data.text import EncodedSplit, tokenize_splits
+    from bigmodel_cli.engine.optim import build_optimizers, sparse_parameters
+    from bigmodel_cli.engine.runtime import select_device
+    from bigmodel_cli.engine.trainer import Trainer, TrainSettings, move
+    from bigmodel_cli.models.fasttext import FastTextEncoder
+    from bigmodel_cli.models.lstm import LSTMEncoder
+    from bigmodel_cli.tasks.classification import Classifier
+
+    encoders = {f"{cls.__module__}.{cls.__name__}": cls for cls in (FastTextEncoder, LSTMEncoder)}
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):  # the CLI's own config
+        cfgs = {m: compose("finetune", overrides=[f"model={m}", "data=news", "trainer.progress=off"])
+                for m in models}
+    cfg = cfgs[models[0]]  # data, seed and device are the same for every model
+    device = select_device(cfg.device.name, cfg.device.threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    data = load_text_dataset(cfg.data, seed=cfg.seed, cache_dir=cache_dir)
+    selection = {"seed": cfg.seed, "max_train_samples": None, "max_eval_samples": None,
+                 "data": OmegaConf.to_container(cfg.data, resolve=True)}  # as finetune: a cache hit
+    tokenizer, encoded = tokenize_splits(data.splits, data.files, selection, cache_dir,
+                                         cfg.data.tokenizer, cfg.data.max_length)
+    val = encoded["validation"]
+    tiny_val = EncodedSplit(val.input_ids[:256], val.lengths[:256], val.labels[:256])
+    num_labels = len(data.label_names)
+
+    def build(c):
+        torch.manual_seed(c.seed)  # plain and engine start from the same weights
+        kwargs = {k: v for k, v in c.model.items() if k != "_target_"}
+        encoder = encoders[c.model._target_](vocab_size=tokenizer.get_vocab_size(), padding_idx=0,
+                                             **kwargs)
+        model = Classifier(encoder, num_labels, c.task.head_dropout).to(device)
+        return model, build_optimizers(model, instantiate(c.optimizer), c.optimizer)
+
+    def train_batches(c) -> TextBatches:
+        batches = TextBatches(encoded["train"], c.trainer.batch_size, shuffle=True, seed=c.seed,
+                              bucket_by_length=c.trainer.bucket_by_length)
+        batches.set_epoch(1)  # the engine's first epoch: the same batches in the same order
+        return batches
+
+    def plain(c, steps: int) -> tuple[int, float]:
+        model, optimizers = build(c)
+        sparse = {id(p) for p in sparse_parameters(model)}
+        dense = [p for p in model.parameters() if id(p) not in sparse]  # clipped, as the engine
+        model.train()
+        samples, start = 0, time.perf_counter()
+        for batch in itertools.islice(train_batches(c), steps):
+            batch = move(batch, device)
+            loss = F.cross_entropy(model(batch["input_ids"], batch["lengths"]), batch["labels"])
+            loss.backward()
+            if c.trainer.grad_clip:
+                nn.utils.clip_grad_norm_(dense, c.trainer.grad_clip)
+            for optimizer in optimizers:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            samples += int(batch["labels"].shape[0])
+        sync()
+        return samples, time.perf_counter() - start
+
+    def engine(c, steps: int) -> dict:
+        model, optimizers = build(c)
+        task = instantiate(c.task)
+        settings = TrainSettings.from_config({**c.trainer, "max_steps": steps})
+        with tempfile.TemporaryDirectory() as run_dir:
+            trainer = Trainer(model, task, optimizers, instantiate(c.scheduler), device, settings,
+                              Path(run_dir), {}, new_metrics=lambda: task.new_metrics(num_labels))
+            start = time.perf_counter()
+            fit = trainer.fit(train_batches(c), TextBatches(tiny_val, 256, shuffle=False))
+            sync()
+            return {**fit, "fit_wall_s": time.perf_counter() - start}
+
+    results: dict = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    for name in models:
+        steps = QUICK_STEPS if quick else OVERHEAD_STEPS[name]
+        print(f"  overhead: {name}, {steps} steps, plain loop then engine", flush=True)
+        plain(cfgs[name], min(10, steps))  # warm-up (threads, allocator); not reported
+        samples, seconds = plain(cfgs[name], steps)
+        fit = engine(cfgs[name], steps)
+        plain_sps, engine_sps = samples / seconds, fit["samples_per_s"]
+        results[name] = {  # engine_fit_wall_s adds one evaluation of 256 rows and checkpoints
+            "steps": steps, "samples": samples, "same_samples": fit["train_samples"] == samples,
+            "plain_s": round(seconds, 2), "plain_samples_per_s": round(plain_sps, 1),
+            "engine_train_s": round(fit["train_time_s"], 2),
+            "engine_samples_per_s": round(engine_sps, 1),
+            "engine_fit_wall_s": round(fit["fit_wall_s"], 2),
+            "engine_over_plain": round(engine_sps / plain_sps, 3)}
+    return results
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# bigmodel benchmarks{' (--quick)' if report['quick'] else ''}", "",
+             f"{report['date']} · {report['machine']} · load average {report['load_average']} "
+             f"at start · Python {report['python']}", ""]
+    if report["load_average"][0] >= 1.0:
+        lines += ["Note: other work was running when this started; timings may be inflated.", ""]
+    if s := report.get("startup"):
+        lines += [f"## Startup (median of {STARTUP_RUNS} runs, wall seconds)", "",
+                  "| command | seconds | target | exit codes |", "|---|---:|---:|---|"]
+        lines += [f"| `{r['command']}` | {r['median_s']} | {r['target_s']} | "
+                  f"{', '.join(map(str, r['exit_codes']))} |" for k, r in s.items() if k != "targets"]
+        lines.append("")
+    if o := report.get("overhead"):
+        lines += [f"## Engine vs a plain PyTorch loop ({o['device']}, {o['torch_threads']} threads)",
+                  "", "Same batches, same initial weights; engine time is its own train time "
+                  "(evaluation excluded).", "",
+                  "| model | steps | plain s | plain samples/s | engine s | engine samples/s "
+                  "| engine/plain |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {m} | {r['steps']} | {r['plain_s']} | {r['plain_samples_per_s']:,.0f} | "
+                  f"{r['engine_train_s']} | {r['engine_samples_per_s']:,.0f} | "
+                  f"{r['engine_over_plain']:.3f} |" for m, r in o.items() if isinstance(r, dict)]
+        lines.append("")
+    if trained := [(m, report[m]) for m in ("fasttext", "lstm") if m in report]:
+        lines += ["## Training on THUCNews (`bigmodel finetune model=M data=news`)", "",
+                  "| model | test acc | test F1 | train s | total s | wall s | samples/s | peak MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for m, r in trained:
+            lines.append(f"| {m} | error: {r['error']} | | | | | | |" if "error" in r else
+                         f"| {m} | {r['test_accuracy']:.4f} | {r['test_f1_macro']:.4f} | "
+                         f"{r['train_time_s']:.1f} | {r['total_time_s']:.1f} | {r['wall_s']:.1f} "
+                         f"| {r['samples_per_s']:,.0f} | {r['peak_rss_mib']:,} |")
+        lines.append("")
+    lines += ["## Targets", ""] + [f"- {status}: {name}" for name, status in report["targets"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="trainer=debug runs and short overhead loops (to check this script)")
+    args = parser.parse_args()
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := set(only) - set(SECTIONS):
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    # The commands run in WORK: point them at the datasets as CI does, and keep them offline.
+    shared = ROOT.parent / "shared" / "data"
+    os.environ.setdefault("BIGMODEL_DATA_DIR", str(shared if shared.is_dir() else ROOT / "data"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    WORK.mkdir(parents=True, exist_ok=True)
+    cli = bigmodel_command()
+    report: dict = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+                    "load_average": [round(x, 2) for x in os.getloadavg()],
+                    "python": platform.python_version(), "bigmodel": " ".join(cli),
+                    "data_dir": os.environ["BIGMODEL_DATA_DIR"], "targets": {}}
+    for section in (s for s in SECTIONS if s in only):
+        print(f"== {section}", flush=True)
+        if section == "startup":
+            result = bench_startup(cli)
+        elif section == "overhead":
+            result = bench_overhead(["fasttext", "lstm"], args.quick)
+        else:
+            result = bench_training(cli, section, args.quick)
+        report[section] = result
+        prefix = "" if section in ("startup", "overhead") else f"{section}: "
+        report["targets"].update({prefix + k: v for k, v in result.get("targets", {}).items()})
+        for name, status in result.get("targets", {}).items():
+            print(f"  {status}: {name}")
+    (OUT / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / "report.md").write_text(markdown(report))
+    print("\n" + markdown(report) + f"\nwritten: {OUT / 'report.md'} and {OUT / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()
