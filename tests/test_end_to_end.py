@@ -42,8 +42,8 @@ def assert_run_dir(run: Path, labels: list[str]) -> dict:
     return metrics
 
 
-def evaluate_matches(cli, run: Path, metrics: dict, split: str = "test") -> Path:
-    result = cli("evaluate", f"run={run}")
+def evaluate_matches(cli, run: Path, metrics: dict, split: str = "test", env=None) -> Path:
+    result = cli("evaluate", f"run={run}", env=env)
     eval_dir = run_dir_of(result, cli.cwd)
     assert {p.name for p in eval_dir.iterdir()} >= {"metrics.json", "per_class.csv",
                                                      "confusion_matrix.csv", "plots", "evaluate.log"}
@@ -129,7 +129,8 @@ def test_tiny_runs_evaluate_and_predict(cli, model, data, labels, eval_split):
         assert {p.name for p in run.iterdir()} == RUN_FILES
     else:
         assert_run_dir(run, labels)
-    evaluate_matches(cli, run, metrics, eval_split)
+    # evaluate finds the data where training found it, even with $BIGMODEL_DATA_DIR unset
+    evaluate_matches(cli, run, metrics, eval_split, env={"BIGMODEL_DATA_DIR": ""})
     result = cli("predict", f"run={run}", "text=a gripping, funny film", "top_k=2")
     assert result.returncode == 0, result.stderr
     check_prediction(result.stdout.strip(), labels, 0, 2)
@@ -182,3 +183,19 @@ def test_ag_news_local_files_are_resplit_with_a_warning(cli):
     metrics = read_json(run / "metrics.json")
     assert read_json(run / "labels.json") == ["World", "Sports", "Business", "Sci/Tech"]
     assert metrics["splits"] == {"train": 400, "validation": 200, "test": 200}
+
+
+def test_engine_options_accumulation_early_stopping_eval_every(cli):
+    # 400 rows, batch 32 -> 13 batches per epoch -> 7 optimizer steps with accumulation 2.
+    result = cli("finetune", *TINY_FASTTEXT, "trainer=debug", "trainer.grad_accum_steps=2",
+                 "trainer.epochs=30", "trainer.eval_every_steps=7", "trainer.early_stopping_patience=2",
+                 "trainer.monitor=loss", "trainer.monitor_mode=min", "optimizer=sgd",
+                 "optimizer.lr=0.0", "scheduler=cosine")
+    run = run_dir_of(result, cli.cwd)
+    metrics = read_json(run / "metrics.json")
+    # lr 0: the validation loss never improves after the first evaluation, so training stops
+    # after 1 + patience evaluations, long before 30 epochs.
+    assert "early stopping: no loss improvement in 2 evaluations" in result.stderr
+    assert metrics["steps"] == 21 and metrics["best_step"] == 7
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "validation"] == [7, 14, 21]

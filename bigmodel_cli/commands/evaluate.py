@@ -25,8 +25,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trained = load_run(cfg.run, cfg.ckpt, device)
     train_cfg = trained.config
     data_cfg = train_cfg.data
-    if cfg.data_path is not None:
-        data_cfg = OmegaConf.merge(data_cfg, {"path": cfg.data_path})
+    data_path = cfg.data_path or _training_data_dir(trained.run_dir)
+    if data_path is not None:
+        data_cfg = OmegaConf.merge(data_cfg, {"path": data_path})
     # The same data selection as at training time, so a debug run's test subset is the same.
     data = load_text_dataset(data_cfg, seed=train_cfg.seed, cache_dir=Path(cfg.cache_dir).expanduser(),
                              max_train_samples=train_cfg.trainer.max_train_samples,
@@ -64,6 +65,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     _print(summary, per_class)
     print(run_dir, flush=True)
     return metrics
+
+
+def _training_data_dir(run_dir: Path) -> str | None:
+    """Where the run found its data, if that directory is still there: the same files as
+    at training time, whatever $BIGMODEL_DATA_DIR or the working directory are now."""
+    import json
+
+    try:
+        folder = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("data_dir")
+    except (OSError, ValueError):
+        return None
+    return folder if folder and Path(folder).is_dir() else None
 
 
 def _reports(y_true, y_pred, label_names: list[str]):
@@ -121,7 +134,7 @@ def _print(summary: dict, per_class) -> None:
 
     console = Console(stderr=True)
     m = summary["metrics"]
-    table = Table(title=f"evaluate: {summary['data']} {summary['split']} ({m['samples']} samples)")
+    table = Table(title=f"{summary['data']} {summary['split']}: {m['samples']} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",

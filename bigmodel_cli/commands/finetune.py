@@ -85,6 +85,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     summary = {
         "command": "finetune", "run_dir": str(run_dir),
         "model": cfg.model._target_, "data": cfg.data.name, "data_source": data.source,
+        "data_dir": str(data.folder.resolve()) if data.folder else None,
         "data_notes": data.notes, "splits": {k: len(v) for k, v in data.splits.items()},
         "monitor": settings.monitor, "best_step": fit["best_step"],
         "best_validation": fit["best_validation"], "last_validation": fit["last_validation"],
@@ -115,4 +116,4 @@ def print_summary(summary: dict) -> None:
     console.print(f"{summary['steps']} steps in {summary['train_time_s']:.1f} s "
                   f"({summary['samples_per_s']:,.0f} samples/s), {summary['parameters']:,} "
                   f"parameters, device {summary['device']}")
-    console.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
+    console.print(f"run directory: [bold]{summary['run_dir']}[/bold]", soft_wrap=True)

@@ -35,6 +35,7 @@ class TextDataset:
     splits: dict[str, Any]
     label_names: list[str]
     source: str                      # where the files came from, for logs and metrics
+    folder: Path | None = None       # the local directory they were read from (None: the Hub)
     files: list[Path] = field(default_factory=list)   # local files read (for cache keys)
     notes: list[str] = field(default_factory=list)    # what was derived (held-out splits...)
 
@@ -241,7 +242,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
     raw: dict | None = None
     label_names: list[str] | None = None
     files_read: list[Path] = []
-    source = ""
+    source, found_in = "", None
     if data_cfg.name:
         places = candidate_dirs(data_cfg)
     else:
@@ -262,11 +263,11 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
                                  "(set data.labels_file=null to infer the names from train)")
             label_names = _read_label_names(labels_file) if labels_file else None
             files_read = [*present.values(), *([labels_file] if labels_file else [])]
-            source = f"{folder} ({how})"
+            source, found_in = f"{folder} ({how})", folder
             break
         if up is not None and (folder / up.files.train).is_file():
             raw, label_names, files_read = _load_upstream_layout(data_cfg, folder)
-            source = f"{folder} ({how}, upstream layout)"
+            source, found_in = f"{folder} ({how}, upstream layout)", folder
             break
         wanted = ", ".join(p.name for p in files.values()) if files else "(no files configured)"
         if up is not None:
@@ -281,6 +282,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
                 folder = download_upstream(data_cfg, cache_dir)
                 raw, label_names, files_read = _load_upstream_layout(data_cfg, folder)
                 source = f"{up.url} (downloaded, checksums verified, cached in {folder})"
+                found_in = folder
             except UsageError:
                 raise
             except Exception as exc:
@@ -335,7 +337,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
             splits[split] = _subset(splits[split], max_eval_samples, seed)
     splits = _encode_labels(splits, label_names, source)
     return TextDataset(splits=splits, label_names=label_names, source=source,
-                       files=files_read, notes=notes)
+                       folder=found_in, files=files_read, notes=notes)
 
 
 def _load_upstream_layout(data_cfg: DictConfig, folder: Path):
