@@ -81,12 +81,32 @@ def quote_free_text(args: list[str]) -> list[str]:
     return out
 
 
+def _continue_in_resumed_run(args: list[str]) -> list[str]:
+    """`trainer.resume=...` continues writing into the resumed run's own directory."""
+    from bigmodel_cli.errors import UsageError
+    from bigmodel_cli.runs import find_resume_run
+
+    values = [a.split("=", 1)[1] for a in args if a.startswith("trainer.resume=")]
+    if (not values or values[-1].strip("'\"") in ("", "null") or "-m" in args
+            or "--multirun" in args or any(a.startswith("hydra.run.dir=") for a in args)):
+        return args
+    try:
+        run = find_resume_run(values[-1].strip("'\""))
+    except UsageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    return [*args, f"hydra.run.dir={run}"]
+
+
 def run_hydra_command(command: str, args: list[str]) -> None:
     """Run the Hydra app of `command` with `args` as its command line; map exit codes."""
     from bigmodel_cli import main as hydra_main  # imports hydra, not torch
 
+    args = quote_free_text(args)
+    if command == "finetune":
+        args = _continue_in_resumed_run(args)
     saved_argv = sys.argv
-    sys.argv = [f"bigmodel {command}", *quote_free_text(args)]
+    sys.argv = [f"bigmodel {command}", *args]
     try:
         getattr(hydra_main, command)()
     except SystemExit as exit_:

@@ -17,7 +17,14 @@ import hydra
 from omegaconf import DictConfig
 
 from bigmodel_cli.config import conf_dir
-from bigmodel_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from bigmodel_cli.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Interrupted,
+    NonFiniteLoss,
+    UsageError,
+)
 
 log = logging.getLogger("bigmodel")
 
@@ -48,6 +55,19 @@ def run_command(command: str, cfg: DictConfig) -> Any:
         if multirun or full_error:
             raise
         raise SystemExit(EXIT_USAGE) from None
+    except Interrupted as exc:
+        log.error("interrupted (%s); the last checkpoint and the metrics so far are saved in %s",
+                  exc, run_dir)
+        if command == "finetune":
+            log.error("resume with: bigmodel finetune trainer.resume=%s", run_dir)
+        if multirun:
+            raise
+        raise SystemExit(exc.exit_code) from None
+    except NonFiniteLoss as exc:
+        log.error("error: %s", exc)
+        if multirun or full_error:
+            raise
+        raise SystemExit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         log.error("interrupted; everything written so far is kept in %s", run_dir)
         raise SystemExit(EXIT_INTERRUPTED) from None

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_FASTTEXT, read_json, run_dir_of
 
 RUN_FILES = {".hydra", "finetune.log", "metrics.jsonl", "metrics.json", "tokenizer.json",
-             "labels.json", "checkpoints", "plots"}
+             "labels.json", "checkpoints", "plots", "run.json"}
 NEWS_LABELS = ["finance", "realty", "stocks", "education", "science", "society", "politics",
                "sports", "game", "entertainment"]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel_cli.commands.common import build, count_parameters
+from bigmodel_cli.errors import UsageError
 
 log = logging.getLogger("bigmodel")
 
@@ -18,18 +19,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from bigmodel_cli.data.batching import TextBatches
     from bigmodel_cli.data.sources import load_text_dataset
     from bigmodel_cli.data.text import tokenize_splits
-    from bigmodel_cli.engine.checkpoint import load_weights
+    from bigmodel_cli.engine.checkpoint import load_state, load_weights, read_meta
     from bigmodel_cli.engine.optim import build_optimizers
     from bigmodel_cli.engine.plots import training_curves
     from bigmodel_cli.engine.runtime import seed_everything, select_device, versions, write_json
     from bigmodel_cli.engine.trainer import Trainer, TrainSettings, evaluate
+    from bigmodel_cli.runs import record_invocation, resume_checkpoint
 
     started = time.time()
+    resume_state = None
+    if cfg.trainer.resume:
+        ckpt_dir = resume_checkpoint(cfg.trainer.resume, run_dir)
+        cfg = _config_to_resume(cfg, read_meta(ckpt_dir), run_dir)
+        resume_state = load_state(ckpt_dir)
+    record_invocation(run_dir, resumed=resume_state is not None)
     trainer_cfg = cfg.trainer
     try:
         settings = TrainSettings.from_config(trainer_cfg)
     except ValueError as exc:
-        from bigmodel_cli.errors import UsageError
         raise UsageError(str(exc)) from None
     device = select_device(cfg.device.name, cfg.device.threads)
     seed_everything(cfg.seed)
@@ -67,11 +74,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "task": OmegaConf.to_container(cfg.task, resolve=True),
         "num_labels": len(data.label_names), "label_names": data.label_names,
         "max_length": cfg.data.max_length, "versions": versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
     }
     num_labels = len(data.label_names)
     trainer = Trainer(model, task, optimizers, scheduler_factory, device, settings, run_dir,
                       checkpoint_meta, new_metrics=lambda: task.new_metrics(num_labels))
-    fit = trainer.fit(batches("train", True), batches("validation", False))
+    if resume_state is not None:
+        load_weights(model, ckpt_dir)
+    fit = trainer.fit(batches("train", True), batches("validation", False), resume_state)
+    if fit["paused"]:
+        log.info("paused after step %d (trainer.pause_after_steps=%d); continue with: "
+                 "bigmodel finetune trainer.resume=%s", fit["steps"], settings.pause_after_steps,
+                 run_dir)
+        print(run_dir, flush=True)
+        return {"paused": True, "steps": fit["steps"]}
 
     test_metrics = None
     if "test" in encoded:
@@ -90,6 +106,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "monitor": settings.monitor, "best_step": fit["best_step"],
         "best_validation": fit["best_validation"], "last_validation": fit["last_validation"],
         "test": test_metrics, "steps": fit["steps"], "epochs": fit["epochs"],
+        "skipped_steps": fit["skipped_steps"],
         "train_time_s": round(fit["train_time_s"], 3), "samples_per_s": round(fit["samples_per_s"], 1),
         "total_time_s": round(time.time() - started, 3), "parameters": n_params,
         "device": str(device), "seed": cfg.seed, "versions": versions(),
@@ -98,6 +115,45 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     print_summary(summary)
     print(run_dir, flush=True)  # stdout: the run directory, for scripts
     return summary
+
+
+RESUME_FROM_COMMAND_LINE = ("resume", "pause_after_steps", "progress")
+
+
+def _config_to_resume(cfg: DictConfig, meta: dict, run_dir: Path) -> DictConfig:
+    """The config the checkpoint was trained with (plus trainer.resume): an exact resume
+    needs the same data, model and schedule. Keys given differently now are reported and
+    ignored. `.hydra/config.yaml` is rewritten to it, for evaluate and predict."""
+    if "config" not in meta:
+        raise UsageError("this checkpoint has no saved config; it cannot be resumed")
+    saved = OmegaConf.create(meta["config"])
+    for key in RESUME_FROM_COMMAND_LINE:  # how this invocation runs, not what it trains
+        saved.trainer[key] = cfg.trainer[key]
+    from hydra.core.hydra_config import HydraConfig
+
+    now = OmegaConf.to_container(cfg, resolve=True)
+    given = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    differs = sorted(key for key in _differences(now, meta["config"])
+                     if any(key == g or key.startswith(f"{g}.") for g in given)
+                     and key not in {f"trainer.{k}" for k in RESUME_FROM_COMMAND_LINE})
+    if differs:
+        log.warning("resuming with the run's own config; ignored (different now): %s",
+                    ", ".join(differs))
+    OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.set_struct(saved, True)
+    return saved
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> set[str]:
+    keys = set(a) | set(b)
+    out: set[str] = set()
+    for key in keys:
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out |= _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.add(f"{prefix}{key}")
+    return out
 
 
 def print_summary(summary: dict) -> None:

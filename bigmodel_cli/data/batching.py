@@ -62,7 +62,11 @@ class TextBatches:
         return batches
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for index in self.batch_order():
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This epoch's batches from the `start`-th on (a resumed run skips what it trained on)."""
+        for index in self.batch_order()[start:]:
             yield self.batch(index)
 
     def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:

@@ -20,9 +20,10 @@ def choose_mode(setting: str) -> str:
 class Progress:
     """Shows epoch, step, loss, samples/s and ETA. `update` is called once per optimizer step."""
 
-    def __init__(self, mode: str, total_steps: int, log_every: int) -> None:
+    def __init__(self, mode: str, total_steps: int, log_every: int, start: int = 0) -> None:
         self.mode = mode
         self.total = total_steps
+        self.first = start
         self.log_every = max(1, log_every)
         self.start = time.perf_counter()
         self._bar = None
@@ -43,7 +44,8 @@ class Progress:
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=Console(stderr=True), transient=False,
             )
-            self._task = self._bar.add_task("train", total=total_steps, loss="-", speed="-")
+            self._task = self._bar.add_task("train", total=total_steps, completed=start,
+                                            loss="-", speed="-")
             self._bar.start()
 
     def update(self, step: int, epoch: int, epochs: int, loss: float, samples_per_s: float) -> None:
@@ -52,7 +54,7 @@ class Progress:
                              loss=f"{loss:.4f}", speed=f"{samples_per_s:,.0f}")
         elif self.mode == "log" and (step % self.log_every == 0 or step == self.total):
             elapsed = time.perf_counter() - self.start
-            eta = elapsed / max(step, 1) * (self.total - step)
+            eta = elapsed / max(step - self.first, 1) * (self.total - step)
             log.info("epoch %d/%d  step %d/%d  loss %.4f  %.0f samples/s  elapsed %s  eta %s",
                      epoch, epochs, step, self.total, loss, samples_per_s,
                      _fmt(elapsed), _fmt(eta))

@@ -3,13 +3,19 @@
 The engine knows nothing about models or tasks beyond this protocol:
   task.forward(model, batch) -> outputs        task.loss(outputs, batch) -> scalar
   task.eval_loss(outputs, batch)               task.new_metrics(...) -> .update/.compute
-Batches are dicts of tensors; data sources have `set_epoch`, `__len__`, `num_samples`.
+Batches are dicts of tensors; data sources have `set_epoch`, `iter_from`, `__len__`,
+`num_samples`.
+
+Training state is saved with every `last` checkpoint (optimizers, schedulers, RNG states,
+epoch, step, position in the epoch's batch order, early-stopping state), so a run resumes
+exactly where it stopped: N steps straight and N/2 + resume + N/2 give the same weights.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +27,8 @@ from torch import nn
 
 from bigmodel_cli.engine.checkpoint import save_checkpoint
 from bigmodel_cli.engine.progress import Progress, choose_mode
-from bigmodel_cli.engine.runtime import MetricsLog, rng_state
+from bigmodel_cli.engine.runtime import MetricsLog, restore_rng_state, rng_state
+from bigmodel_cli.errors import Interrupted, NonFiniteLoss
 
 log = logging.getLogger("bigmodel")
 
@@ -39,6 +46,8 @@ class TrainSettings:
     monitor: str
     monitor_mode: str
     early_stopping_patience: int | None
+    skip_nonfinite: bool
+    pause_after_steps: int | None
     progress: str
 
     @classmethod
@@ -76,6 +85,34 @@ def evaluate(model: nn.Module, task: Any, batches: Any, device: torch.device,
     return metrics.compute()
 
 
+class StopSignals:
+    """SIGINT/SIGTERM set a flag that the loop checks after each optimizer step; a second
+    SIGINT stops at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: stopping after the current step (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> StopSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. some launchers): leave defaults
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 class Trainer:
     def __init__(self, model: nn.Module, task: Any, optimizers: list[torch.optim.Optimizer],
                  scheduler_factory: Callable[..., Any], device: torch.device,
@@ -92,12 +129,37 @@ class Trainer:
         self.new_metrics = new_metrics
         self.metrics_log = MetricsLog(run_dir)
         self.step = 0
-        self.epoch = 0
+        self.epoch = 0            # the epoch in progress (1-based once training starts)
+        self.batches_done = 0     # micro-batches of that epoch already trained on
         self.best: float | None = None
         self.best_metrics: dict | None = None
         self.best_step: int | None = None
         self.last_val: dict | None = None
         self.bad_evals = 0
+        self.samples = 0
+        self.train_time = 0.0
+        self.skipped_steps = 0
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything besides the weights that an exact resume needs (weights_only-safe)."""
+        return {"optimizers": [o.state_dict() for o in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers],
+                "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+                "best": self.best, "best_metrics": self.best_metrics, "best_step": self.best_step,
+                "last_val": self.last_val, "bad_evals": self.bad_evals, "samples": self.samples,
+                "train_time": self.train_time, "skipped_steps": self.skipped_steps,
+                "rng": rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+        for key in ("step", "epoch", "batches_done", "best", "best_metrics", "best_step",
+                    "last_val", "bad_evals", "samples", "train_time", "skipped_steps"):
+            setattr(self, key, state[key])
+        restore_rng_state(state["rng"])
 
     # -- helpers ---------------------------------------------------------------------------
     def _improved(self, value: float) -> bool:
@@ -108,12 +170,7 @@ class Trainer:
     def _save(self, name: str, metrics: dict | None, with_state: bool) -> None:
         meta = {**self.checkpoint_meta, "epoch": self.epoch, "step": self.step,
                 "metrics": metrics, "monitor": self.settings.monitor, "best": self.best}
-        state = None
-        if with_state:
-            state = {"optimizers": [o.state_dict() for o in self.optimizers],
-                     "schedulers": [s.state_dict() for s in self.schedulers], "step": self.step,
-                     "epoch": self.epoch, "best": self.best, "bad_evals": self.bad_evals,
-                     "rng": rng_state()}
+        state = self.state_dict() if with_state else None
         save_checkpoint(self.run_dir / "checkpoints" / name, self.model, meta, state)
 
     def _validate(self, validation: Any, progress: Progress) -> bool:
@@ -146,71 +203,117 @@ class Trainer:
             return True
         return False
 
+    def _check_loss(self, value: float) -> bool:
+        """False when this step must be skipped; raises NonFiniteLoss unless skipping is on."""
+        if math.isfinite(value):
+            return True
+        if not self.settings.skip_nonfinite:
+            raise NonFiniteLoss(
+                f"the training loss is {value} at step {self.step + 1} (epoch {self.epoch}); "
+                "the last checkpoint before it is kept. Lower optimizer.lr, set "
+                "trainer.grad_clip, or skip such steps with trainer.skip_nonfinite=true")
+        return False
+
     # -- the loop --------------------------------------------------------------------------
-    def fit(self, train: Any, validation: Any) -> dict:
+    def fit(self, train: Any, validation: Any, resume_state: dict | None = None) -> dict:
         s = self.settings
         steps_per_epoch = math.ceil(len(train) / s.grad_accum_steps)
         total_steps = s.max_steps or steps_per_epoch * s.epochs
         epochs = math.ceil(total_steps / steps_per_epoch)
         self.schedulers = [self.scheduler_factory(o, total_steps=total_steps)
                            for o in self.optimizers]
+        if resume_state is not None:
+            self.load_state_dict(resume_state)
+            if self.batches_done >= len(train):  # saved at the end of an epoch
+                self.batches_done = 0
+            else:
+                self.epoch -= 1  # continue inside the epoch it stopped in
+            log.info("resumed at step %d (epoch %d, %d batches into it)", self.step,
+                     self.epoch + 1, self.batches_done)
         # Clipping covers dense gradients; sparse embedding rows are bounded by their optimizer.
         clipped = [p for o in self.optimizers if not isinstance(o, torch.optim.SparseAdam)
                    for g in o.param_groups for p in g["params"]]
-        progress = Progress(choose_mode(s.progress), total_steps, s.log_every_steps)
+        progress = Progress(choose_mode(s.progress), total_steps, s.log_every_steps,
+                            start=self.step)
         log.info("training: %d epochs, %d optimizer steps, %d samples per epoch, device %s",
                  epochs, total_steps, train.num_samples, self.device)
         self.model.train()
-        samples, train_time, stop = 0, 0.0, False
+        first_step = self.step
+        stop = self.step >= total_steps
         loss_sum, loss_count = 0.0, 0
-        try:
-            while self.epoch < epochs and not stop:
-                self.epoch += 1
-                train.set_epoch(self.epoch)
-                tick = time.perf_counter()
-                micro = 0
-                for batch in train:
-                    batch = move(batch, self.device)
-                    outputs = self.task.forward(self.model, batch)
-                    loss = self.task.loss(outputs, batch)
-                    (loss / s.grad_accum_steps).backward()
-                    loss_sum += float(loss.detach())
-                    loss_count += 1
-                    samples += int(batch["lengths"].shape[0])
-                    micro += 1
-                    if micro % s.grad_accum_steps and micro < len(train):
-                        continue
-                    if s.grad_clip:
-                        nn.utils.clip_grad_norm_(
-                            [p for p in clipped if p.grad is None or not p.grad.is_sparse],
-                            s.grad_clip)
-                    for optimizer, scheduler in zip(self.optimizers, self.schedulers):
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    self.step += 1
-                    elapsed = train_time + time.perf_counter() - tick
-                    speed = samples / max(elapsed, 1e-9)
-                    progress.update(self.step, self.epoch, epochs, loss_sum / loss_count, speed)
-                    if self.step % s.log_every_steps == 0 or self.step == total_steps:
-                        self.metrics_log.write({
-                            "split": "train", "epoch": self.epoch, "step": self.step,
-                            "loss": loss_sum / loss_count, "lr": self.schedulers[0].get_last_lr()[0],
-                            "samples_per_s": speed})
-                        loss_sum, loss_count = 0.0, 0
-                    if s.eval_every_steps and self.step % s.eval_every_steps == 0:
-                        train_time += time.perf_counter() - tick
-                        stop = self._validate(validation, progress)
-                        tick = time.perf_counter()
-                    if stop or self.step >= total_steps:
-                        stop = True
-                        break
-                train_time += time.perf_counter() - tick
-                if not s.eval_every_steps or self.step % s.eval_every_steps:
-                    stop = self._validate(validation, progress) or stop
-        finally:
-            progress.close()
-        return {"train_time_s": train_time, "train_samples": samples,
-                "samples_per_s": samples / max(train_time, 1e-9), "steps": self.step,
-                "epochs": self.epoch, "best_step": self.best_step,
+        with StopSignals() as signals:
+            try:
+                while self.epoch < epochs and not stop:
+                    self.epoch += 1
+                    train.set_epoch(self.epoch)
+                    tick = time.perf_counter()
+                    micro = self.batches_done
+                    step_ok = True
+                    for batch in train.iter_from(self.batches_done):
+                        batch = move(batch, self.device)
+                        outputs = self.task.forward(self.model, batch)
+                        loss = self.task.loss(outputs, batch)
+                        value = float(loss.detach())
+                        step_ok = self._check_loss(value) and step_ok
+                        if step_ok:
+                            (loss / s.grad_accum_steps).backward()
+                            loss_sum += value
+                            loss_count += 1
+                        self.samples += int(batch["lengths"].shape[0])
+                        micro += 1
+                        if micro % s.grad_accum_steps and micro < len(train):
+                            continue
+                        if step_ok:
+                            if s.grad_clip:
+                                nn.utils.clip_grad_norm_(
+                                    [p for p in clipped if p.grad is None or not p.grad.is_sparse],
+                                    s.grad_clip)
+                            for optimizer in self.optimizers:
+                                optimizer.step()
+                        else:
+                            self.skipped_steps += 1
+                            progress.message(f"skipped step {self.step + 1}: non-finite loss")
+                        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
+                            scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                        step_ok = True
+                        self.step += 1
+                        self.batches_done = micro
+                        elapsed = self.train_time + time.perf_counter() - tick
+                        speed = self.samples / max(elapsed, 1e-9)
+                        mean_loss = loss_sum / loss_count if loss_count else float("nan")
+                        progress.update(self.step, self.epoch, epochs, mean_loss, speed)
+                        if self.step % s.log_every_steps == 0 or self.step == total_steps:
+                            self.metrics_log.write({
+                                "split": "train", "epoch": self.epoch, "step": self.step,
+                                "loss": mean_loss, "lr": self.schedulers[0].get_last_lr()[0],
+                                "samples_per_s": speed})
+                            loss_sum, loss_count = 0.0, 0
+                        if s.eval_every_steps and self.step % s.eval_every_steps == 0:
+                            self.train_time += time.perf_counter() - tick
+                            stop = self._validate(validation, progress)
+                            tick = time.perf_counter()
+                        if signals.signum is not None:
+                            self.train_time += time.perf_counter() - tick
+                            self._save("last", self.last_val, with_state=True)
+                            raise Interrupted(signals.signum, self.step)
+                        if s.pause_after_steps and self.step - first_step >= s.pause_after_steps:
+                            self.train_time += time.perf_counter() - tick
+                            self._save("last", self.last_val, with_state=True)
+                            return {"paused": True, "steps": self.step}
+                        if stop or self.step >= total_steps:
+                            stop = True
+                            break
+                    self.train_time += time.perf_counter() - tick
+                    self.batches_done = len(train) if not stop or micro >= len(train) else micro
+                    if not s.eval_every_steps or self.step % s.eval_every_steps:
+                        stop = self._validate(validation, progress) or stop
+                    self.batches_done = 0
+                    if signals.signum is not None:
+                        raise Interrupted(signals.signum, self.step)
+            finally:
+                progress.close()
+        return {"paused": False, "train_time_s": self.train_time, "train_samples": self.samples,
+                "samples_per_s": self.samples / max(self.train_time, 1e-9), "steps": self.step,
+                "epochs": self.epoch, "best_step": self.best_step, "skipped_steps": self.skipped_steps,
                 "best_validation": self.best_metrics, "last_validation": self.last_val}
