@@ -1,5 +1,6 @@
 # bigmodel: set-up, tests and benchmarks.
-#   make install                      the package (editable) + dev tools, CPU torch by default
+#   make install                      the package (editable) with the sweep extra and dev tools,
+#                                     CPU torch by default
 #   make install TORCH_CONSTRAINT=    keep whatever torch pip picks (e.g. a CUDA build)
 #   make test                         the test suite (what CI runs)
 #   make bench                        benchmarks; writes outputs/bench/report.{md,json}
@@ -11,7 +12,7 @@ CONSTRAINT_ARGS = $(if $(TORCH_CONSTRAINT),-c $(TORCH_CONSTRAINT),)
 .PHONY: install test bench lint clean
 
 install:
-	$(PYTHON) -m pip install $(CONSTRAINT_ARGS) -e ".[dev]"
+	$(PYTHON) -m pip install $(CONSTRAINT_ARGS) -e ".[dev,sweep]"
 
 test:
 	$(PYTHON) -m pytest -q

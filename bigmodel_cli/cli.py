@@ -109,6 +109,10 @@ def run_hydra_command(command: str, args: list[str]) -> None:
     sys.argv = [f"bigmodel {command}", *args]
     try:
         getattr(hydra_main, command)()
+        from bigmodel_cli import sweeps
+
+        if sweeps.sweep_failed:  # a multirun in which some job failed
+            raise SystemExit(EXIT_FAILED)
     except SystemExit as exit_:
         code = exit_.code
         # Hydra reports config composition errors (unknown option, unknown key, bad
@@ -137,6 +141,37 @@ def evaluate(ctx: typer.Context) -> None:
 def predict(ctx: typer.Context) -> None:
     """Predict labels for raw text with a trained run."""
     run_hydra_command("predict", ctx.args)
+
+
+@app.command()
+def report(
+    directory: str = typer.Argument(..., help="A sweep directory (outputs/<command>/multirun/<date>/<time>) or a run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Summarize a sweep (one row per job, best first) or a single run."""
+    import json
+    from pathlib import Path
+
+    from bigmodel_cli import sweeps
+
+    path = Path(directory)
+    if not path.is_dir():
+        typer.echo(f"error: {directory}: no such directory", err=True)
+        raise SystemExit(EXIT_USAGE)
+    if (path / ".hydra").is_dir():  # one run
+        rows = [sweeps.job_row(path)]
+    else:
+        rows = sweeps.collect(path)
+        if not rows:
+            typer.echo(f"error: {directory}: neither a run directory nor a sweep directory "
+                       "(no .hydra/ in it or in its subdirectories)", err=True)
+            raise SystemExit(EXIT_USAGE)
+        sweeps.write_summary(path, rows)
+    if as_json:
+        typer.echo(json.dumps(rows if len(rows) > 1 or not (path / ".hydra").is_dir() else rows[0],
+                              indent=2, ensure_ascii=False))
+    else:
+        sweeps.print_table(rows, f"{directory}: {len(rows)} run(s)")
 
 
 def main() -> None:

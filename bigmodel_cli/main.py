@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bigmodel_cli.config import conf_dir
 from bigmodel_cli.errors import (
@@ -27,6 +27,10 @@ from bigmodel_cli.errors import (
 )
 
 log = logging.getLogger("bigmodel")
+
+# conf/hydra/sweeper/optuna.yaml: the study's direction follows trainer.monitor_mode.
+OmegaConf.register_new_resolver(
+    "bigmodel_direction", lambda mode: "maximize" if mode == "max" else "minimize", replace=True)
 
 # Set once a task function has started: an exit 1 before that came from Hydra's config
 # composition, which the CLI reports as a usage error (exit 2).
@@ -46,39 +50,58 @@ def run_command(command: str, cfg: DictConfig) -> Any:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    from bigmodel_cli.runs import record_status
+
     try:
         validate(cfg, command)
         module = importlib.import_module(f"bigmodel_cli.commands.{command}")
-        return module.run(cfg, run_dir)
+        result = module.run(cfg, run_dir)
+        paused = isinstance(result, dict) and result.get("paused")
+        record_status(run_dir, "paused" if paused else "ok")
+        if multirun:  # sweepers (Optuna) optimise the monitored validation value
+            return _monitored_value(result)
+        return result
     except UsageError as exc:
         log.error("error: %s", exc)
-        if multirun or full_error:
+        record_status(run_dir, "failed", " ".join(str(exc).split()))
+        if multirun:  # reported in the sweep summary; the other jobs go on
+            return float("nan")
+        if full_error:
             raise
         raise SystemExit(EXIT_USAGE) from None
     except Interrupted as exc:
         log.error("interrupted (%s); the last checkpoint and the metrics so far are saved in %s",
                   exc, run_dir)
+        record_status(run_dir, "interrupted", str(exc))
         if command == "finetune":
             log.error("resume with: bigmodel finetune trainer.resume=%s", run_dir)
-        if multirun:
-            raise
         raise SystemExit(exc.exit_code) from None
-    except NonFiniteLoss as exc:
-        log.error("error: %s", exc)
-        if multirun or full_error:
-            raise
-        raise SystemExit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         log.error("interrupted; everything written so far is kept in %s", run_dir)
+        record_status(run_dir, "interrupted", "KeyboardInterrupt")
         raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as exc:
-        if multirun or full_error:
+        if full_error and not multirun:
             raise
         log.debug("traceback", exc_info=True)  # into the log file only
-        log.error("error: the %s job failed: %s: %s", command, type(exc).__name__, exc)
-        log.error("the full traceback is in %s (or set HYDRA_FULL_ERROR=1)",
-                  run_dir / f"{command}.log")
+        if isinstance(exc, NonFiniteLoss):
+            log.error("error: %s", exc)
+        else:
+            log.error("error: the %s job failed: %s: %s", command, type(exc).__name__, exc)
+            log.error("the full traceback is in %s (or set HYDRA_FULL_ERROR=1)",
+                      run_dir / f"{command}.log")
+        record_status(run_dir, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        if multirun:
+            return float("nan")
         raise SystemExit(EXIT_FAILED) from None
+
+
+def _monitored_value(result: Any) -> float:
+    if not isinstance(result, dict):
+        return float("nan")
+    best = result.get("best_validation") or {}
+    value = best.get(result.get("monitor"))
+    return float(value) if value is not None else float("nan")
 
 
 def _hydra_app(command: str):

@@ -85,3 +85,18 @@ def record_invocation(run_dir: Path, resumed: bool = False) -> None:
     path = run_dir / "run.json"
     history = json.loads(path.read_text(encoding="utf-8"))["invocations"] if path.is_file() else []
     write_json(path, {"invocations": [*history, entry]})
+
+
+def record_status(run_dir: Path, status: str, error: str = "") -> None:
+    """Mark how the latest invocation of a run ended (ok, failed, interrupted, paused)."""
+    path = run_dir / "run.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        data = {}
+    invocations = data.get("invocations") or [{"command": " ".join(sys.argv)}]
+    invocations[-1].update(status=status, error=error)
+    tmp = path.with_name(".run.json.tmp")
+    tmp.write_text(json.dumps({"invocations": invocations}, indent=2, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    tmp.replace(path)

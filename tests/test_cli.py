@@ -15,7 +15,7 @@ def test_root_help_lists_commands_without_importing_torch(cli):
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    for command in ("finetune", "evaluate", "predict"):
+    for command in ("finetune", "evaluate", "predict", "report"):
         assert command in result.stdout
     assert "Train a model on a labeled dataset" in result.stdout
 

@@ -65,3 +65,13 @@ def test_group_option_composes_and_instantiates(group, option):
     scheduler.step()
     for key in ("name", "files", "text_column", "label_column", "max_length", "tokenizer"):
         assert key in cfg.data
+
+
+def test_optuna_sweeper_direction_follows_the_monitor():
+    import bigmodel_cli.main  # noqa: F401  registers the bigmodel_direction resolver
+
+    for mode, direction in (("max", "maximize"), ("min", "minimize")):
+        cfg = _compose("finetune", ["hydra/sweeper=optuna_monitor", f"trainer.monitor_mode={mode}"],
+                       hydra_cfg=True)
+        assert cfg.hydra.sweeper.direction == direction
+        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")

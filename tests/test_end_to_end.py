@@ -149,14 +149,31 @@ def test_second_run_reuses_tokenized_cache_and_same_seed_same_result(cli, tmp_pa
     assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
 
 
-def test_multirun_makes_one_run_dir_per_job(cli):
+def test_multirun_one_run_dir_per_job_and_a_summary_that_reports_failures(cli):
     result = cli("finetune", "-m", *TINY_FASTTEXT, "trainer=debug", "trainer.epochs=1",
-                 "optimizer.lr=0.01,0.02")
-    assert result.returncode == 0, result.stderr
-    jobs = sorted(Path(cli.cwd, "outputs", "finetune", "multirun").glob("*/*/*/metrics.json"))
-    assert len(jobs) == 2
-    overrides = sorted((j.parent / ".hydra" / "overrides.yaml").read_text() for j in jobs)
+                 "optimizer.lr=0.01,0.02,abc")
+    assert result.returncode == 1, result.stderr[-2000:]  # one job failed
+    sweeps = list(Path(cli.cwd, "outputs", "finetune", "multirun").glob("*/*"))
+    assert len(sweeps) == 1
+    sweep = sweeps[0]
+    assert len(list(sweep.glob("*/metrics.json"))) == 2
+    overrides = sorted((j / ".hydra" / "overrides.yaml").read_text() for j in sweep.glob("[0-9]"))
     assert "optimizer.lr=0.01" in overrides[0] and "optimizer.lr=0.02" in overrides[1]
+    rows = read_json(sweep / "summary.json")
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]  # best first, failures last
+    assert rows[0]["value"] >= rows[1]["value"] and rows[0]["monitor"] == "accuracy"
+    assert "optimizer.lr: expected a number" in rows[2]["error"]
+    header = (sweep / "summary.csv").read_text().splitlines()[0]
+    assert header.startswith("job,overrides,status,error,monitor,value,test_accuracy")
+    assert "optimizer.lr=abc" in result.stderr and "failed: invalid config value" in result.stderr
+    report = cli("report", str(sweep), "--json")
+    assert report.returncode == 0
+    assert [r["job"] for r in json.loads(report.stdout)] == [r["job"] for r in rows]
+    table = cli("report", str(sweep))
+    assert "optimizer.lr=0.02" in table.stdout and "failed" in table.stdout
+    one = cli("report", str(sweep / "0"), "--json")
+    assert json.loads(one.stdout)["status"] == "ok"
+    assert cli("report", str(cli.cwd)).returncode == 2
 
 
 def test_user_csv_with_string_labels_and_no_validation(cli, tmp_path, shared_data):
