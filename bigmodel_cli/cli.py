@@ -105,6 +105,9 @@ def run_hydra_command(command: str, args: list[str]) -> None:
     args = quote_free_text(args)
     if command == "finetune":
         args = _continue_in_resumed_run(args)
+        from bigmodel_cli.engine import distributed  # imports torch only under torchrun
+
+        args = [*args, *distributed.cli_overrides(command, args)]
     saved_argv = sys.argv
     sys.argv = [f"bigmodel {command}", *args]
     try:

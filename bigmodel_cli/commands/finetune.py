@@ -15,11 +15,13 @@ log = logging.getLogger("bigmodel")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
+    import torch
 
     from bigmodel_cli.data.batching import TextBatches
     from bigmodel_cli.data.sources import load_text_dataset
     from bigmodel_cli.data.text import tokenize_splits
-    from bigmodel_cli.engine.checkpoint import load_state, load_weights, read_meta
+    from bigmodel_cli.engine import distributed
+    from bigmodel_cli.engine.checkpoint import load_state, load_weights, read_meta, unwrap
     from bigmodel_cli.engine.optim import build_optimizers
     from bigmodel_cli.engine.plots import training_curves
     from bigmodel_cli.engine.runtime import seed_everything, select_device, versions, write_json
@@ -27,18 +29,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from bigmodel_cli.runs import record_invocation, resume_checkpoint
 
     started = time.time()
+    rank, world_size = distributed.world()
+    is_main = rank == 0
+    if world_size > 1:
+        distributed.init()
     resume_state = None
     if cfg.trainer.resume:
         ckpt_dir = resume_checkpoint(cfg.trainer.resume, run_dir)
         cfg = _config_to_resume(cfg, read_meta(ckpt_dir), run_dir)
         resume_state = load_state(ckpt_dir)
-    record_invocation(run_dir, resumed=resume_state is not None)
+    if is_main:
+        record_invocation(run_dir, resumed=resume_state is not None)
     trainer_cfg = cfg.trainer
     try:
         settings = TrainSettings.from_config(trainer_cfg)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     device = select_device(cfg.device.name, cfg.device.threads)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     seed_everything(cfg.seed)
     cache_dir = Path(cfg.cache_dir).expanduser()
 
@@ -50,23 +59,38 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     selection = {"seed": cfg.seed, "max_train_samples": trainer_cfg.max_train_samples,
                  "max_eval_samples": trainer_cfg.max_eval_samples,
                  "data": OmegaConf.to_container(cfg.data, resolve=True)}
+    if not is_main:  # rank 0 tokenizes and fills the cache; the others then read it
+        distributed.barrier()
     tokenizer, encoded = tokenize_splits(data.splits, data.files, selection, cache_dir,
                                          cfg.data.tokenizer, cfg.data.max_length)
-    tokenizer.save(str(run_dir / "tokenizer.json"))
-    write_json(run_dir / "labels.json", data.label_names)
+    if is_main:
+        distributed.barrier() if world_size > 1 else None
+        tokenizer.save(str(run_dir / "tokenizer.json"))
+        write_json(run_dir / "labels.json", data.label_names)
 
     model_args = {"vocab_size": tokenizer.get_vocab_size(), "padding_idx": 0}
     encoder = build(cfg.model, "model", **model_args)
     task = build(cfg.task, "task")
     model = task.build_model(encoder, len(data.label_names)).to(device)
     optimizers = build_optimizers(model, build(cfg.optimizer, "optimizer"), cfg.optimizer)
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from bigmodel_cli.engine.optim import sparse_parameters
+
+        if sparse_parameters(model):
+            raise UsageError("sparse embedding gradients are not supported under torchrun: "
+                             "set model.sparse=false")
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     scheduler_factory = build(cfg.scheduler, "scheduler")
     n_params = count_parameters(model)
     log.info("model: %s, %s parameters", cfg.model._target_.rsplit(".", 1)[-1], f"{n_params:,}")
 
     def batches(split: str, train: bool) -> TextBatches:
         return TextBatches(encoded[split], trainer_cfg.batch_size if train else trainer_cfg.eval_batch_size,
-                           shuffle=train, seed=cfg.seed, bucket_by_length=trainer_cfg.bucket_by_length)
+                           shuffle=train, seed=cfg.seed, bucket_by_length=trainer_cfg.bucket_by_length,
+                           rank=rank if train else 0, world_size=world_size if train else 1)
 
     checkpoint_meta = {
         "format": 1, "command": "finetune",
@@ -78,10 +102,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     }
     num_labels = len(data.label_names)
     trainer = Trainer(model, task, optimizers, scheduler_factory, device, settings, run_dir,
-                      checkpoint_meta, new_metrics=lambda: task.new_metrics(num_labels))
+                      checkpoint_meta, new_metrics=lambda: task.new_metrics(num_labels),
+                      distributed=world_size > 1, is_main=is_main)
     if resume_state is not None:
         load_weights(model, ckpt_dir)
     fit = trainer.fit(batches("train", True), batches("validation", False), resume_state)
+    if world_size > 1:
+        distributed.barrier()  # rank 0 has written its checkpoints
+        if not is_main:
+            return {"paused": fit["paused"], "steps": fit["steps"], "rank": rank}
     if fit["paused"]:
         log.info("paused after step %d (trainer.pause_after_steps=%d); continue with: "
                  "bigmodel finetune trainer.resume=%s", fit["steps"], settings.pause_after_steps,
@@ -92,7 +121,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     test_metrics = None
     if "test" in encoded:
         load_weights(model, run_dir / "checkpoints" / "best")
-        test_metrics = evaluate(model, task, batches("test", False), device,
+        test_metrics = evaluate(unwrap(model), task, batches("test", False), device,
                                 task.new_metrics(num_labels))
         trainer.metrics_log.write({"split": "test", "step": trainer.step, "checkpoint": "best",
                                    **test_metrics})
@@ -108,7 +137,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "best_validation": fit["best_validation"], "last_validation": fit["last_validation"],
         "test": test_metrics, "steps": fit["steps"], "epochs": fit["epochs"],
         "skipped_steps": fit["skipped_steps"],
-        "train_time_s": round(fit["train_time_s"], 3), "samples_per_s": round(fit["samples_per_s"], 1),
+        "train_time_s": round(fit["train_time_s"], 3),
+        "samples_per_s": round(fit["samples_per_s"] * world_size, 1), "world_size": world_size,
         "total_time_s": round(time.time() - started, 3), "parameters": n_params,
         "device": str(device), "seed": cfg.seed, "versions": versions(),
     }

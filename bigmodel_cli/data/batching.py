@@ -18,7 +18,8 @@ from bigmodel_cli.data.text import EncodedSplit
 
 class TextBatches:
     def __init__(self, data: EncodedSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 bucket_by_length: bool = True, pool_batches: int = 50) -> None:
+                 bucket_by_length: bool = True, pool_batches: int = 50,
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.data = data
@@ -27,6 +28,7 @@ class TextBatches:
         self.seed = seed
         self.bucket_by_length = bucket_by_length
         self.pool_batches = pool_batches
+        self.rank, self.world_size = rank, world_size  # distributed: this rank's slice
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -67,7 +69,7 @@ class TextBatches:
     def iter_from(self, start: int) -> Iterator[dict[str, torch.Tensor]]:
         """This epoch's batches from the `start`-th on (a resumed run skips what it trained on)."""
         for index in self.batch_order()[start:]:
-            yield self.batch(index)
+            yield self.batch(index[self.rank::self.world_size])
 
     def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
         idx = torch.from_numpy(index)

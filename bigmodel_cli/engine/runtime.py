@@ -79,11 +79,14 @@ def _clean(value: Any) -> Any:
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per logged step and per evaluation, appended and flushed."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled  # only rank 0 writes in distributed runs
         self.start = time.time()
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         record = {"time": round(time.time() - self.start, 3), **_clean(record)}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -117,8 +117,11 @@ class Trainer:
     def __init__(self, model: nn.Module, task: Any, optimizers: list[torch.optim.Optimizer],
                  scheduler_factory: Callable[..., Any], device: torch.device,
                  settings: TrainSettings, run_dir: Path, checkpoint_meta: dict,
-                 new_metrics: Callable[[], Any]) -> None:
+                 new_metrics: Callable[[], Any], distributed: bool = False,
+                 is_main: bool = True) -> None:
         self.model = model
+        self.distributed = distributed  # all ranks agree on stops; only the main one writes
+        self.is_main = is_main
         self.task = task
         self.optimizers = optimizers
         self.scheduler_factory = scheduler_factory
@@ -127,7 +130,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.checkpoint_meta = checkpoint_meta
         self.new_metrics = new_metrics
-        self.metrics_log = MetricsLog(run_dir)
+        self.metrics_log = MetricsLog(run_dir, enabled=is_main)
         self.step = 0
         self.epoch = 0            # the epoch in progress (1-based once training starts)
         self.batches_done = 0     # micro-batches of that epoch already trained on
@@ -170,6 +173,8 @@ class Trainer:
     def _save(self, name: str, metrics: dict | None, with_state: bool) -> None:
         meta = {**self.checkpoint_meta, "epoch": self.epoch, "step": self.step,
                 "metrics": metrics, "monitor": self.settings.monitor, "best": self.best}
+        if not self.is_main:
+            return
         state = self.state_dict() if with_state else None
         save_checkpoint(self.run_dir / "checkpoints" / name, self.model, meta, state)
 
@@ -204,8 +209,14 @@ class Trainer:
         return False
 
     def _check_loss(self, value: float) -> bool:
-        """False when this step must be skipped; raises NonFiniteLoss unless skipping is on."""
-        if math.isfinite(value):
+        """False when this step must be skipped; raises NonFiniteLoss unless skipping is on.
+        Distributed: a non-finite loss on any rank counts for all of them."""
+        finite = math.isfinite(value)
+        if self.distributed:
+            from bigmodel_cli.engine.distributed import all_reduce_max
+
+            finite = all_reduce_max([0.0 if finite else 1.0])[0] == 0.0
+        if finite:
             return True
         if not self.settings.skip_nonfinite:
             raise NonFiniteLoss(
@@ -213,6 +224,15 @@ class Trainer:
                 "the last checkpoint before it is kept. Lower optimizer.lr, set "
                 "trainer.grad_clip, or skip such steps with trainer.skip_nonfinite=true")
         return False
+
+    def _agreed_signal(self, signals: StopSignals) -> int:
+        """The stop signal received (0: none); distributed, any rank's signal stops all."""
+        signum = signals.signum or 0
+        if self.distributed:
+            from bigmodel_cli.engine.distributed import all_reduce_max
+
+            signum = int(all_reduce_max([float(signum)])[0])
+        return signum
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self, train: Any, validation: Any, resume_state: dict | None = None) -> dict:
@@ -233,8 +253,8 @@ class Trainer:
         # Clipping covers dense gradients; sparse embedding rows are bounded by their optimizer.
         clipped = [p for o in self.optimizers if not isinstance(o, torch.optim.SparseAdam)
                    for g in o.param_groups for p in g["params"]]
-        progress = Progress(choose_mode(s.progress), total_steps, s.log_every_steps,
-                            start=self.step)
+        progress = Progress(choose_mode(s.progress) if self.is_main else "off", total_steps,
+                            s.log_every_steps, start=self.step)
         log.info("training: %d epochs, %d optimizer steps, %d samples per epoch, device %s",
                  epochs, total_steps, train.num_samples, self.device)
         self.model.train()
@@ -293,10 +313,11 @@ class Trainer:
                             self.train_time += time.perf_counter() - tick
                             stop = self._validate(validation, progress)
                             tick = time.perf_counter()
-                        if signals.signum is not None:
+                        signum = self._agreed_signal(signals)
+                        if signum:
                             self.train_time += time.perf_counter() - tick
                             self._save("last", self.last_val, with_state=True)
-                            raise Interrupted(signals.signum, self.step)
+                            raise Interrupted(signum, self.step)
                         if s.pause_after_steps and self.step - first_step >= s.pause_after_steps:
                             self.train_time += time.perf_counter() - tick
                             self._save("last", self.last_val, with_state=True)
@@ -309,8 +330,9 @@ class Trainer:
                     if not s.eval_every_steps or self.step % s.eval_every_steps:
                         stop = self._validate(validation, progress) or stop
                     self.batches_done = 0
-                    if signals.signum is not None:
-                        raise Interrupted(signals.signum, self.step)
+                    signum = self._agreed_signal(signals)
+                    if signum:
+                        raise Interrupted(signum, self.step)
             finally:
                 progress.close()
         return {"paused": False, "train_time_s": self.train_time, "train_samples": self.samples,

@@ -1,0 +1,91 @@
+"""Distributed data parallel training under `torchrun`.
+
+`torchrun --standalone --nproc_per_node=N -m bigmodel_cli finetune ...` starts N processes.
+Each initialises `torch.distributed` (NCCL for CUDA tensors, gloo for CPU ones), wraps the
+model in DistributedDataParallel, and trains on its own slice of every global batch
+(`trainer.batch_size` is the global batch: rank r takes rows r, r+N, ... of it), so N
+processes compute the same update as one process with the same batch size and seed.
+Only rank 0 writes the run directory, logs to its file, and saves checkpoints; all ranks
+use the run directory rank 0 chose.
+
+Models that do not fit one device: the route is FSDP (torch.distributed.fsdp), wrapping the
+model instead of DDP; it is not wired in yet.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) when not launched by it."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_distributed() -> bool:
+    return world()[1] > 1
+
+
+def init() -> None:
+    """Initialise the default process group once (CPU tensors on gloo, CUDA ones on NCCL)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shared_timestamp() -> str:
+    """The date/time of rank 0, given to every rank: one run directory for all of them."""
+    import torch.distributed as dist
+
+    init()
+    value = [time.strftime("%Y-%m-%d/%H-%M-%S") if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(value, src=0)
+    return value[0]
+
+
+def cli_overrides(command: str, args: list[str]) -> list[str]:
+    """Extra Hydra overrides for this rank: the shared run directory; ranks above 0 write no
+    .hydra/ files, no log file, and print warnings only."""
+    if not is_distributed() or "-m" in args or "--multirun" in args:
+        return []
+    extra = []
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        extra.append(f"hydra.run.dir=outputs/{command}/{shared_timestamp()}")
+    if world()[0] > 0:
+        extra += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
+                  "hydra.job_logging.root.level=WARNING",
+                  "hydra.job_logging.loggers.bigmodel.level=WARNING"]
+    return extra
+
+
+def all_reduce_max(values: list[float]) -> list[float]:
+    """Element-wise max over ranks (used for stop flags that every rank must agree on)."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
