@@ -50,7 +50,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     batches = TextBatches(to_tensors(ids, ds["label"]), cfg.batch_size, shuffle=False)
     num_labels = len(trained.label_names)
     metrics_acc = trained.task.new_metrics(num_labels)
-    metrics = evaluate(trained.model, trained.task, batches, device, metrics_acc)
+    metrics = evaluate(trained.model, trained.task, batches, device, metrics_acc,
+                       precision=cfg.device.precision)
     y_true, y_pred = metrics_acc.arrays()
     per_class, confusion = _reports(y_true, y_pred, trained.label_names)
 

@@ -25,7 +25,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from bigmodel_cli.engine.optim import build_optimizers
     from bigmodel_cli.engine.plots import training_curves
     from bigmodel_cli.engine.runtime import seed_everything, select_device, versions, write_json
-    from bigmodel_cli.engine.trainer import Trainer, TrainSettings, evaluate
+    from bigmodel_cli.engine.trainer import Trainer, TrainSettings, autocast, evaluate
     from bigmodel_cli.runs import record_invocation, resume_checkpoint
 
     started = time.time()
@@ -43,9 +43,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer_cfg = cfg.trainer
     try:
         settings = TrainSettings.from_config(trainer_cfg)
+        settings.precision = cfg.device.precision
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     device = select_device(cfg.device.name, cfg.device.threads)
+    try:
+        autocast(device, settings.precision)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     seed_everything(cfg.seed)
@@ -73,6 +78,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     task = build(cfg.task, "task")
     model = task.build_model(encoder, len(data.label_names)).to(device)
     optimizers = build_optimizers(model, build(cfg.optimizer, "optimizer"), cfg.optimizer)
+    if cfg.device.compile:  # opt-in; checkpoints are saved from the uncompiled module
+        model = torch.compile(model)
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -122,7 +129,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if "test" in encoded:
         load_weights(model, run_dir / "checkpoints" / "best")
         test_metrics = evaluate(unwrap(model), task, batches("test", False), device,
-                                task.new_metrics(num_labels))
+                                task.new_metrics(num_labels), precision=settings.precision)
         trainer.metrics_log.write({"split": "test", "step": trainer.step, "checkpoint": "best",
                                    **test_metrics})
     training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training_curves.png",

@@ -106,6 +106,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from bigmodel_cli.commands.common import load_run
     from bigmodel_cli.data.text import encode_texts, to_tensors
     from bigmodel_cli.engine.runtime import select_device
+    from bigmodel_cli.engine.trainer import autocast
 
     if cfg.top_k < 1:
         raise UsageError(f"top_k={cfg.top_k}: must be at least 1")
@@ -130,7 +131,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             ids, truncated = encode_texts(trained.tokenizer, [t for _, t in chunk], max_length)
             stats["truncated"] += truncated
             batch = to_tensors(ids)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(device, cfg.device.precision):
                 logits = trained.task.forward(
                     trained.model, {"input_ids": batch.input_ids.to(device),
                                     "lengths": batch.lengths.to(device)})

@@ -13,6 +13,7 @@ exactly where it stopped: N steps straight and N/2 + resume + N/2 give the same 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -49,10 +50,12 @@ class TrainSettings:
     skip_nonfinite: bool
     pause_after_steps: int | None
     progress: str
+    precision: str = "fp32"   # from the device/ group: fp32 | bf16 | fp16
 
     @classmethod
     def from_config(cls, cfg: Any) -> TrainSettings:
-        settings = cls(**{name: cfg[name] for name in cls.__dataclass_fields__})
+        names = [n for n in cls.__dataclass_fields__ if n != "precision"]
+        settings = cls(**{name: cfg[name] for name in names})
         if settings.monitor_mode not in ("max", "min"):
             raise ValueError(f"trainer.monitor_mode must be max or min, got {settings.monitor_mode!r}")
         if settings.grad_accum_steps < 1:
@@ -69,15 +72,29 @@ def move(batch: dict, device: torch.device) -> dict:
             for k, v in batch.items()}
 
 
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for the forward pass: bf16 (CPU or GPU) or fp16 (CUDA), else nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"device.precision must be fp32, bf16 or fp16, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("device.precision=fp16 needs a CUDA device; use bf16 on CPU")
+    return torch.autocast(device_type=device.type,
+                          dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, task: Any, batches: Any, device: torch.device,
-             metrics: Any, on_batch: Callable[[dict, Any], None] | None = None) -> dict:
+             metrics: Any, on_batch: Callable[[dict, Any], None] | None = None,
+             precision: str = "fp32") -> dict:
     """Run `model` over `batches` and return `metrics.compute()`."""
     was_training = model.training
     model.eval()
     for batch in batches:
         batch = move(batch, device)
-        outputs = task.forward(model, batch)
+        with autocast(device, precision):
+            outputs = task.forward(model, batch)
         metrics.update(outputs, batch, task.eval_loss(outputs, batch))
         if on_batch is not None:
             on_batch(batch, outputs)
@@ -152,7 +169,7 @@ class Trainer:
                 "best": self.best, "best_metrics": self.best_metrics, "best_step": self.best_step,
                 "last_val": self.last_val, "bad_evals": self.bad_evals, "samples": self.samples,
                 "train_time": self.train_time, "skipped_steps": self.skipped_steps,
-                "rng": rng_state()}
+                "scaler": self.scaler.state_dict(), "rng": rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
@@ -162,6 +179,8 @@ class Trainer:
         for key in ("step", "epoch", "batches_done", "best", "best_metrics", "best_step",
                     "last_val", "bad_evals", "samples", "train_time", "skipped_steps"):
             setattr(self, key, state[key])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
 
     # -- helpers ---------------------------------------------------------------------------
@@ -180,7 +199,8 @@ class Trainer:
 
     def _validate(self, validation: Any, progress: Progress) -> bool:
         """Evaluate, log, keep best/last checkpoints. Returns True when training should stop."""
-        metrics = evaluate(self.model, self.task, validation, self.device, self.new_metrics())
+        metrics = evaluate(self.model, self.task, validation, self.device, self.new_metrics(),
+                           precision=self.settings.precision)
         self.last_val = metrics
         self.metrics_log.write({"split": "validation", "epoch": self.epoch, "step": self.step,
                                 **metrics})
@@ -242,6 +262,9 @@ class Trainer:
         epochs = math.ceil(total_steps / steps_per_epoch)
         self.schedulers = [self.scheduler_factory(o, total_steps=total_steps)
                            for o in self.optimizers]
+        autocast(self.device, s.precision)  # fail early on a bad precision for this device
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16")
         if resume_state is not None:
             self.load_state_dict(resume_state)
             if self.batches_done >= len(train):  # saved at the end of an epoch
@@ -271,12 +294,13 @@ class Trainer:
                     step_ok = True
                     for batch in train.iter_from(self.batches_done):
                         batch = move(batch, self.device)
-                        outputs = self.task.forward(self.model, batch)
-                        loss = self.task.loss(outputs, batch)
+                        with autocast(self.device, s.precision):
+                            outputs = self.task.forward(self.model, batch)
+                            loss = self.task.loss(outputs, batch)
                         value = float(loss.detach())
                         step_ok = self._check_loss(value) and step_ok
                         if step_ok:
-                            (loss / s.grad_accum_steps).backward()
+                            self.scaler.scale(loss / s.grad_accum_steps).backward()
                             loss_sum += value
                             loss_count += 1
                         self.samples += int(batch["lengths"].shape[0])
@@ -285,11 +309,14 @@ class Trainer:
                             continue
                         if step_ok:
                             if s.grad_clip:
+                                for optimizer in self.optimizers:
+                                    self.scaler.unscale_(optimizer)
                                 nn.utils.clip_grad_norm_(
                                     [p for p in clipped if p.grad is None or not p.grad.is_sparse],
                                     s.grad_clip)
                             for optimizer in self.optimizers:
-                                optimizer.step()
+                                self.scaler.step(optimizer)
+                            self.scaler.update()
                         else:
                             self.skipped_steps += 1
                             progress.message(f"skipped step {self.step + 1}: non-finite loss")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -58,14 +60,18 @@ class LSTMEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         lengths = lengths.clamp(min=1)
         x = self.dropout(self.embedding(input_ids))
-        for i, forward_lstm in enumerate(self.forward_layers):
-            if i > 0:
-                x = self.dropout(x)
-            out, _ = forward_lstm(x)
-            if self.bidirectional:
-                back, _ = self.backward_layers[i](reverse_valid(x, lengths))
-                out = torch.cat([out, reverse_valid(back, lengths)], dim=-1)
-            x = out
+        # oneDNN has no bf16 LSTM on many CPUs: under CPU autocast the recurrence runs in fp32.
+        cpu = x.device.type == "cpu"
+        with torch.autocast("cpu", enabled=False) if cpu else contextlib.nullcontext():
+            x = x.float() if cpu else x
+            for i, forward_lstm in enumerate(self.forward_layers):
+                if i > 0:
+                    x = self.dropout(x)
+                out, _ = forward_lstm(x)
+                if self.bidirectional:
+                    back, _ = self.backward_layers[i](reverse_valid(x, lengths))
+                    out = torch.cat([out, reverse_valid(back, lengths)], dim=-1)
+                x = out
         mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1)
         if self.pooling == "max":
             features = x.masked_fill(~mask, float("-inf")).amax(dim=1)
