@@ -2,20 +2,24 @@
 #   make install                      the package (editable) with the sweep extra and dev tools,
 #                                     CPU torch by default
 #   make install TORCH_CONSTRAINT=    keep whatever torch pip picks (e.g. a CUDA build)
-#   make test                         the test suite (what CI runs)
+#   make test                         the test suite without the slow tests (~5 minutes)
+#   make test-slow                    the slow ones (CI runs both)
 #   make bench                        benchmarks; writes outputs/bench/report.{md,json}
 
 PYTHON ?= python3
 TORCH_CONSTRAINT ?= constraints/torch-cpu.txt
 CONSTRAINT_ARGS = $(if $(TORCH_CONSTRAINT),-c $(TORCH_CONSTRAINT),)
 
-.PHONY: install test bench lint clean
+.PHONY: install test test-slow bench lint clean
 
 install:
 	$(PYTHON) -m pip install $(CONSTRAINT_ARGS) -e ".[dev,sweep]"
 
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -m "not slow"
+
+test-slow:
+	$(PYTHON) -m pytest -q -m slow
 
 bench:
 	$(PYTHON) bench/run.py

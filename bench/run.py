@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "bench"
 WORK = OUT / "work"  # the commands run here, so their outputs/ land under outputs/bench/work
-SECTIONS = ("startup", "overhead", "fasttext", "lstm")
+SECTIONS = ("startup", "overhead", "fasttext", "lstm", "sweep", "resume", "ddp")
 STARTUP_RUNS = 5
 STARTUP = (("help", ["--help"], 0, 0.3),  # (key, arguments, expected exit code, target seconds)
            ("cfg_job", ["finetune", "--cfg", "job"], 0, 1.0),
@@ -202,6 +202,77 @@ def bench_overhead(models: list[str], quick: bool) -> dict:
     return results
 
 
+# A mid-sized fastText job (20k rows, 1 epoch, dense embeddings so that torchrun can run it)
+# for the sweep, resume and DDP figures.
+MID_JOB = ["finetune", "model=fasttext", "model.ngram_buckets=50000", "trainer.max_train_samples=20000",
+           "trainer.epochs=1", "trainer.progress=log", "device.threads=1"]
+
+
+def bench_sweep(cli: list[str], quick: bool) -> dict:
+    """A 4-job sweep, sequential vs the joblib launcher with 2 parallel jobs."""
+    sweep = ["optimizer.lr=0.002,0.005", "model.embedding_dim=50,100"]
+    job = MID_JOB + (["trainer.max_train_samples=2000"] if quick else [])
+    run_child(cli + job + ["trainer.max_steps=1"])  # fill the tokenized cache first
+    results = {}
+    for name, extra in (("sequential", []),
+                        ("joblib_n_jobs_2", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
+        # Hydra wants -m before the overrides, which must stay together.
+        code, wall, _ = run_child(cli + job[:1] + ["-m"] + job[1:] + sweep + extra)
+        results[name] = {"exit_code": code, "wall_s": round(wall, 1)}
+    results["speedup"] = round(results["sequential"]["wall_s"] / results["joblib_n_jobs_2"]["wall_s"], 2)
+    return results
+
+
+def _seconds_until(args: list[str], pattern: str) -> float:
+    """Wall seconds from starting `args` until `pattern` appears in its stderr (it then runs on)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=WORK, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    found = float("nan")
+    for line in proc.stderr:
+        if pattern in line and found != found:
+            found = time.perf_counter() - start
+    proc.wait()
+    return found
+
+
+def bench_resume(cli: list[str], quick: bool) -> dict:
+    """Time from start to the first new training step: a fresh run vs resuming a paused one."""
+    run_dir = WORK / "outputs" / "bench-resume"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    job = MID_JOB + ["trainer.log_every_steps=1", f"hydra.run.dir={run_dir}"]
+    run_child(cli + MID_JOB + ["trainer.max_steps=1"])  # fill the tokenized cache first
+    fresh = _seconds_until(cli + job + ["trainer.pause_after_steps=20"], "step 1/")
+    resumed = _seconds_until(cli + ["finetune", f"trainer.resume={run_dir}", "trainer.pause_after_steps=5"],
+                             "step 21/")
+    return {"fresh_start_to_first_step_s": round(fresh, 2),
+            "resume_to_first_new_step_s": round(resumed, 2),
+            "resume_overhead_s": round(resumed - fresh, 2)}
+
+
+def bench_ddp(cli: list[str], quick: bool) -> dict:
+    """samples/s of 2 gloo processes (torchrun) vs 1 process on the same job."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    job = [a for a in MID_JOB if a != "device.threads=1"] + ["model.sparse=false"]
+    if quick:
+        job.append("trainer.max_train_samples=2000")
+    results = {}
+    for name, prefix in (("1_process", cli), ("2_processes_gloo",
+                         [torchrun, "--standalone", "--nproc_per_node=2", "-m", "bigmodel_cli"])):
+        out = WORK / f"ddp-{name}.stdout"
+        with open(out, "w") as fh:
+            code, wall, _ = run_child(prefix + job, stdout=fh)
+        result = {"exit_code": code, "wall_s": round(wall, 1)}
+        if code == 0:
+            metrics = json.loads((WORK / out.read_text().split()[-1] / "metrics.json").read_text())
+            result.update(samples_per_s=metrics["samples_per_s"], train_time_s=metrics["train_time_s"],
+                          test_accuracy=metrics["test"]["accuracy"])
+        results[name] = result
+    one, two = results["1_process"], results["2_processes_gloo"]
+    if "samples_per_s" in one and "samples_per_s" in two:
+        results["speedup"] = round(two["samples_per_s"] / one["samples_per_s"], 2)
+    return results
+
+
 def markdown(report: dict) -> str:
     lines = [f"# bigmodel benchmarks{' (--quick)' if report['quick'] else ''}", "",
              f"{report['date']} · {report['machine']} · load average {report['load_average']} "
@@ -234,6 +305,19 @@ def markdown(report: dict) -> str:
                          f"{r['train_time_s']:.1f} | {r['total_time_s']:.1f} | {r['wall_s']:.1f} "
                          f"| {r['samples_per_s']:,.0f} | {r['peak_rss_mib']:,} |")
         lines.append("")
+    if s := report.get("sweep"):
+        lines += ["## A 4-job sweep (fastText, 20k rows, 1 epoch each)", "",
+                  f"- sequential: {s['sequential']['wall_s']} s; joblib launcher, n_jobs=2: "
+                  f"{s['joblib_n_jobs_2']['wall_s']} s (speed-up {s['speedup']}x)", ""]
+    if r := report.get("resume"):
+        lines += ["## Resume", "",
+                  f"- start to first training step: fresh {r['fresh_start_to_first_step_s']} s, "
+                  f"resuming {r['resume_to_first_new_step_s']} s (overhead {r['resume_overhead_s']} s)", ""]
+    if d := report.get("ddp"):
+        one, two = d["1_process"], d["2_processes_gloo"]
+        lines += ["## DDP on this CPU (torchrun, gloo)", "",
+                  f"- 1 process: {one.get('samples_per_s', '-')} samples/s; 2 processes: "
+                  f"{two.get('samples_per_s', '-')} samples/s (speed-up {d.get('speedup', '-')}x)", ""]
     lines += ["## Targets", ""] + [f"- {status}: {name}" for name, status in report["targets"].items()]
     return "\n".join(lines) + "\n"
 
@@ -266,6 +350,9 @@ def main() -> None:
             result = bench_startup(cli)
         elif section == "overhead":
             result = bench_overhead(["fasttext", "lstm"], args.quick)
+        elif section in ("sweep", "resume", "ddp"):
+            result = {"sweep": bench_sweep, "resume": bench_resume, "ddp": bench_ddp}[section](
+                cli, args.quick)
         else:
             result = bench_training(cli, section, args.quick)
         report[section] = result

@@ -45,6 +45,7 @@ def test_two_process_ddp_matches_one_process(cli):
     assert read_json(single / "metrics.json")["best_step"] == metrics["best_step"]
 
 
+@pytest.mark.slow
 def test_sparse_models_are_refused_under_torchrun(cli):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     result = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "bigmodel_cli",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import random
 import signal
@@ -62,6 +64,7 @@ def _start(cli, *args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(cli):
     args = (*TINY_FASTTEXT, "trainer=debug", "trainer.max_train_samples=20000", "trainer.epochs=2",
             "trainer.log_every_steps=1", "hydra.run.dir=outputs/preempted")
@@ -89,6 +92,7 @@ def _read(path: Path) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_kill_9_never_leaves_a_corrupt_last_checkpoint(cli):
     rng = random.Random(0)
     for attempt in range(3):

@@ -3,6 +3,8 @@ submitit_local, and Optuna with its direction taken from trainer.monitor_mode.""
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 import yaml
@@ -16,6 +18,7 @@ def _sweep_dir(cwd: Path) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(cli):
     result = cli("finetune", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL,
                  "optimizer.lr=0.01,0.02")
@@ -25,6 +28,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(cli):
     assert sorted(r["job"] for r in rows) == ["0", "1"] and {r["status"] for r in rows} == {"ok"}
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher(cli):
     result = cli("finetune", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
                  *SMALL, "optimizer.lr=0.01,0.02")
@@ -33,6 +37,7 @@ def test_submitit_local_launcher(cli):
     assert {r["status"] for r in rows} == {"ok"} and len(rows) == 2
 
 
+@pytest.mark.slow
 def test_optuna_sweeper_maximises_the_monitored_metric_with_persistent_storage(cli):
     result = cli("finetune", "-m", "hydra/sweeper=optuna_monitor", "hydra.sweeper.n_trials=3",
                  "hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.study_name=lr",
