@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import random
 import signal
@@ -12,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TINY_FASTTEXT, read_json, run_dir_of
 from safetensors.torch import load_file

@@ -3,10 +3,9 @@ submitit_local, and Optuna with its direction taken from trainer.monitor_mode.""
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import TINY_FASTTEXT, read_json
 

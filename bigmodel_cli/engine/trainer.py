@@ -331,6 +331,12 @@ class Trainer:
                         mean_loss = loss_sum / loss_count if loss_count else float("nan")
                         progress.update(self.step, self.epoch, epochs, mean_loss, speed)
                         if self.step % s.log_every_steps == 0 or self.step == total_steps:
+                            if self.distributed:  # the mean loss and throughput of all ranks
+                                from bigmodel_cli.engine.distributed import all_reduce_sum
+
+                                total_loss, count, rate = all_reduce_sum(
+                                    [loss_sum, float(loss_count), speed])
+                                mean_loss, speed = total_loss / max(count, 1.0), rate
                             self.metrics_log.write({
                                 "split": "train", "epoch": self.epoch, "step": self.step,
                                 "loss": mean_loss, "lr": self.schedulers[0].get_last_lr()[0],
