@@ -161,7 +161,8 @@ def report(
     if not path.is_dir():
         typer.echo(f"error: {directory}: no such directory", err=True)
         raise SystemExit(EXIT_USAGE)
-    if (path / ".hydra").is_dir():  # one run
+    single = (path / ".hydra").is_dir()  # one run, else a sweep
+    if single:
         rows = [sweeps.job_row(path)]
     else:
         rows = sweeps.collect(path)
@@ -171,8 +172,7 @@ def report(
             raise SystemExit(EXIT_USAGE)
         sweeps.write_summary(path, rows)
     if as_json:
-        typer.echo(json.dumps(rows if len(rows) > 1 or not (path / ".hydra").is_dir() else rows[0],
-                              indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(rows[0] if single else rows, indent=2, ensure_ascii=False))
     else:
         sweeps.print_table(rows, f"{directory}: {len(rows)} run(s)")
 

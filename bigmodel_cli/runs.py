@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.jsonfiles import write_json
 
 CHECKPOINT_FILES = ("model.safetensors", "meta.json")
 
@@ -74,10 +75,10 @@ def _git_commit() -> tuple[str | None, bool | None]:
 def record_invocation(run_dir: Path, resumed: bool = False) -> None:
     """Append how this run was started to run.json: the command line, working directory,
     git commit of the project, versions. A resumed run adds an entry."""
-    from bigmodel_cli.engine.runtime import versions, write_json
+    from bigmodel_cli.engine.runtime import versions
 
     commit, dirty = _git_commit()
-    argv = [a for a in sys.argv[1:]]
+    argv = sys.argv[1:]
     program = sys.argv[0] if sys.argv and sys.argv[0].startswith("bigmodel") else "bigmodel"
     entry = {"command": " ".join([program, *map(shlex.quote, argv)]), "argv": argv,
              "cwd": os.getcwd(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -96,7 +97,4 @@ def record_status(run_dir: Path, status: str, error: str = "") -> None:
         data = {}
     invocations = data.get("invocations") or [{"command": " ".join(sys.argv)}]
     invocations[-1].update(status=status, error=error)
-    tmp = path.with_name(".run.json.tmp")
-    tmp.write_text(json.dumps({"invocations": invocations}, indent=2, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, {"invocations": invocations})

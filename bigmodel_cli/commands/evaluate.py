@@ -18,8 +18,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from bigmodel_cli.data.batching import TextBatches
     from bigmodel_cli.data.sources import load_text_dataset
     from bigmodel_cli.data.text import encode_texts, to_tensors
-    from bigmodel_cli.engine.runtime import select_device, versions, write_json
+    from bigmodel_cli.engine.runtime import select_device, versions
     from bigmodel_cli.engine.trainer import evaluate
+    from bigmodel_cli.jsonfiles import write_json
 
     device = select_device(cfg.device.name, cfg.device.threads)
     trained = load_run(cfg.run, cfg.ckpt, device)

@@ -24,8 +24,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from bigmodel_cli.engine.checkpoint import load_state, load_weights, read_meta, unwrap
     from bigmodel_cli.engine.optim import build_optimizers
     from bigmodel_cli.engine.plots import training_curves
-    from bigmodel_cli.engine.runtime import seed_everything, select_device, versions, write_json
+    from bigmodel_cli.engine.runtime import seed_everything, select_device, versions
     from bigmodel_cli.engine.trainer import Trainer, TrainSettings, autocast, evaluate
+    from bigmodel_cli.jsonfiles import write_json
     from bigmodel_cli.runs import record_invocation, resume_checkpoint
 
     started = time.time()
@@ -69,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     tokenizer, encoded = tokenize_splits(data.splits, data.files, selection, cache_dir,
                                          cfg.data.tokenizer, cfg.data.max_length)
     if is_main:
-        distributed.barrier() if world_size > 1 else None
+        distributed.barrier()  # a no-op outside torchrun
         tokenizer.save(str(run_dir / "tokenizer.json"))
         write_json(run_dir / "labels.json", data.label_names)
 

@@ -118,14 +118,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     names = trained.label_names
     k = min(cfg.top_k, len(names))
     max_length = trained.meta["max_length"]
-    pending = iter(first + list(islice(inputs, cfg.batch_size - 1))) if first else iter(())
     with ExitStack() as stack:
         out = sys.stdout
         if cfg.output:
             out_path = Path(cfg.output).expanduser()
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out = stack.enter_context(open(out_path, "w", encoding="utf-8"))
-        chunk = list(pending)
+        chunk = first + list(islice(inputs, cfg.batch_size - 1)) if first else []
         while chunk:
             indices = [i for i, _ in chunk]
             ids, truncated = encode_texts(trained.tokenizer, [t for _, t in chunk], max_length)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.jsonfiles import write_json
 
 WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
 ALLOWED_TARGET_PREFIXES = ("bigmodel_cli.",)
@@ -34,11 +35,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n",
-                    encoding="utf-8")
-
-
 def save_checkpoint(directory: Path, model: nn.Module, meta: dict,
                     state: dict | None = None) -> None:
     from safetensors.torch import save_model
@@ -50,7 +46,7 @@ def save_checkpoint(directory: Path, model: nn.Module, meta: dict,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-    _write_json(tmp / META, meta)
+    write_json(tmp / META, meta)
     if state is not None:
         torch.save(state, tmp / STATE)
     for f in tmp.iterdir():  # data on disk before the rename makes it visible

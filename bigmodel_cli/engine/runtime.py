@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.jsonfiles import clean_json
 
 log = logging.getLogger("bigmodel")
 
@@ -68,14 +67,6 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
-
-
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per logged step and per evaluation, appended and flushed."""
 
@@ -87,18 +78,9 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        record = {"time": round(time.time() - self.start, 3), **_clean(record)}
+        record = {"time": round(time.time() - self.start, 3), **clean_json(record)}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, ensure_ascii=False, default=str) + "\n",
-                   encoding="utf-8")
-    tmp.replace(path)
 
 
 def versions() -> dict[str, str]:
