@@ -161,7 +161,7 @@ def bench_overhead(models: list[str], quick: bool) -> dict:
         samples, start = 0, time.perf_counter()
         for batch in itertools.islice(train_batches(c), steps):
             batch = move(batch, device)
-            loss = F.cross_entropy(model(batch["input_ids"], batch["lengths"]), batch["labels"])
+            loss = F.cross_entropy(model(batch), batch["labels"])
             loss.backward()
             if c.trainer.grad_clip:
                 nn.utils.clip_grad_norm_(dense, c.trainer.grad_clip)

@@ -4,7 +4,7 @@ The engine knows nothing about models or tasks beyond this protocol:
   task.forward(model, batch) -> outputs        task.loss(outputs, batch) -> scalar
   task.eval_loss(outputs, batch)               task.new_metrics(...) -> .update/.compute
 Batches are dicts of tensors; data sources have `set_epoch`, `iter_from`, `__len__`,
-`num_samples`.
+`num_samples`. Every batch has "index" (the rows it holds).
 
 Training state is saved with every `last` checkpoint (optimizers, schedulers, RNG states,
 epoch, step, position in the epoch's batch order, early-stopping state), so a run resumes
@@ -303,7 +303,7 @@ class Trainer:
                             self.scaler.scale(loss / s.grad_accum_steps).backward()
                             loss_sum += value
                             loss_count += 1
-                        self.samples += int(batch["lengths"].shape[0])
+                        self.samples += int(batch["index"].shape[0])
                         micro += 1
                         if micro % s.grad_accum_steps and micro < len(train):
                             continue

@@ -19,6 +19,8 @@ class FastTextEncoder(nn.Module):
     this 20M-parameter table fast; the engine gives such parameters a sparse optimizer.
     """
 
+    inputs = ("input_ids", "lengths")
+
     def __init__(
         self,
         vocab_size: int,

@@ -27,6 +27,8 @@ class LSTMEncoder(nn.Module):
     cost on CPU). `forward` returns one feature vector per text.
     """
 
+    inputs = ("input_ids", "lengths")
+
     def __init__(
         self,
         vocab_size: int,

@@ -9,7 +9,9 @@ from torch.nn import functional as F
 
 
 class Classifier(nn.Module):
-    """An encoder (anything with `output_dim` returning one vector per input) + a linear head."""
+    """An encoder + a linear head. An encoder has `output_dim` (the size of the one vector
+    it returns per input) and `inputs`, the batch keys it takes, in order (text encoders
+    take ("input_ids", "lengths"))."""
 
     def __init__(self, encoder: nn.Module, num_labels: int, head_dropout: float = 0.0) -> None:
         super().__init__()
@@ -17,8 +19,8 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(encoder.output_dim, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.encoder(input_ids, lengths)))
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.dropout(self.encoder(*(batch[k] for k in self.encoder.inputs))))
 
 
 class ClassificationMetrics:
@@ -70,7 +72,7 @@ class ClassificationTask:
         return Classifier(encoder, num_labels, self.head_dropout)
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["input_ids"], batch["lengths"])
+        return model(batch)
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.label_smoothing)

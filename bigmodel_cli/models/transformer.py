@@ -1,0 +1,88 @@
+"""The transformer block every transformer model here is built from (BERT, GPT, ViT).
+
+Pre-norm blocks (LayerNorm before attention and before the MLP, residual around each),
+attention through `torch.nn.functional.scaled_dot_product_attention`, which picks a fused
+kernel when one fits. `mask` is a bool tensor [B, T], True at real tokens; `causal=True`
+lets position t attend only to positions <= t.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        attn_mask = None
+        if mask is not None:  # keys that are padding get no attention
+            attn_mask = mask[:, None, None, :]
+            if causal:
+                attn_mask = attn_mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+                causal = False
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class TransformerBlock(nn.Module):
+    """x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, n_heads, dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), mask, causal))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class TransformerStack(nn.Module):
+    """`n_layers` blocks and a final LayerNorm (pre-norm blocks leave the output unnormalised)."""
+
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads, d_ff, dropout)
+                                    for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.apply(init_weights)
+        # GPT-2's scaling: each residual branch's output projection shrinks with depth.
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n_layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask, causal)
+        return self.norm(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT/GPT initialisation: N(0, 0.02) weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
