@@ -1,0 +1,102 @@
+"""Regression: what the task adds to an encoder (a linear head, MSE loss, metrics).
+
+The model learns standardised targets, (y - train mean) / train std, so one learning rate
+suits targets of any scale; the train mean and std are buffers of the model (saved with its
+weights), so its outputs and every reported metric are in the target's original units.
+The loss (train and validation) is the MSE of the standardised targets; the metrics are
+MSE, RMSE, MAE and R² in original units, computed with scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Regressor(nn.Module):
+    """An encoder + a linear head predicting `num_targets` numbers."""
+
+    def __init__(self, encoder: nn.Module, num_targets: int, head_dropout: float = 0.0,
+                 target_mean: list[float] | None = None,
+                 target_std: list[float] | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(encoder.output_dim, num_targets)
+        mean = torch.zeros(num_targets) if target_mean is None else torch.tensor(target_mean)
+        std = torch.ones(num_targets) if target_std is None else torch.tensor(target_std)
+        self.register_buffer("target_mean", mean.float().view(num_targets))
+        self.register_buffer("target_std", std.float().view(num_targets))
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """{"scaled": standardised predictions, "value": in original units,
+        "target_scaled": the batch's standardised targets, when it has targets}."""
+        z = self.head(self.dropout(self.encoder(*(batch[k] for k in self.encoder.inputs)))).float()
+        out = {"scaled": z, "value": z * self.target_std + self.target_mean}
+        if "targets" in batch:
+            out["target_scaled"] = (batch["targets"].float() - self.target_mean) / self.target_std
+        return out
+
+
+class RegressionMetrics:
+    def __init__(self) -> None:
+        self.preds: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.loss_sum = 0.0
+        self.count = 0
+
+    def update(self, outputs: dict, batch: dict, loss: torch.Tensor) -> None:
+        n = int(outputs["value"].shape[0])
+        self.preds.append(outputs["value"].detach().float().cpu().numpy())
+        self.targets.append(batch["targets"].float().cpu().numpy())
+        self.loss_sum += float(loss.detach()) * n
+        self.count += n
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(true, predicted), both [N, T], original units."""
+        return np.concatenate(self.targets), np.concatenate(self.preds)
+
+    def compute(self) -> dict[str, float]:
+        from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+        y_true, y_pred = self.arrays()
+        mse = float(mean_squared_error(y_true, y_pred))
+        r2 = float(r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan")
+        return {"loss": self.loss_sum / max(self.count, 1), "mse": mse,
+                "rmse": float(np.sqrt(mse)), "mae": float(mean_absolute_error(y_true, y_pred)),
+                "r2": r2, "samples": self.count}
+
+
+class RegressionTask:
+    """Builds the model around an encoder and owns the loss and metrics. The data sets the
+    target scale (`set_target_scale`, from train) before the model is built."""
+
+    name = "regression"
+    needs_labels = True
+    block_overlap = 0
+
+    def __init__(self, head_dropout: float = 0.0) -> None:
+        self.head_dropout = head_dropout
+        self.target_mean: list[float] | None = None
+        self.target_std: list[float] | None = None
+
+    def set_target_scale(self, mean: list[float], std: list[float]) -> None:
+        self.target_mean, self.target_std = list(mean), list(std)
+
+    def build_model(self, encoder: nn.Module, num_targets: int) -> Regressor:
+        return Regressor(encoder, num_targets, self.head_dropout, self.target_mean,
+                         self.target_std)
+
+    def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return model(batch)
+
+    def loss(self, outputs: dict, batch: dict) -> torch.Tensor:
+        return F.mse_loss(outputs["scaled"], outputs["target_scaled"])
+
+    def eval_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
+        return self.loss(outputs, batch)
+
+    def new_metrics(self, num_targets: int = 1) -> RegressionMetrics:
+        return RegressionMetrics()
