@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import typer
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 
 # Typer must not parse the overrides: unknown options and extra args pass through,
 # and the command's own --help goes to Hydra.
+TRAINING_COMMANDS = ("pretrain", "finetune")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
@@ -81,7 +83,7 @@ def quote_free_text(args: list[str]) -> list[str]:
     return out
 
 
-def _continue_in_resumed_run(args: list[str]) -> list[str]:
+def _continue_in_resumed_run(command: str, args: list[str]) -> list[str]:
     """`trainer.resume=...` continues writing into the resumed run's own directory."""
     from bigmodel_cli.errors import UsageError
     from bigmodel_cli.runs import find_resume_run
@@ -91,7 +93,7 @@ def _continue_in_resumed_run(args: list[str]) -> list[str]:
             or "--multirun" in args or any(a.startswith("hydra.run.dir=") for a in args)):
         return args
     try:
-        run = find_resume_run(values[-1].strip("'\""))
+        run = find_resume_run(values[-1].strip("'\""), Path("outputs") / command)
     except UsageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None
@@ -103,8 +105,8 @@ def run_hydra_command(command: str, args: list[str]) -> None:
     from bigmodel_cli import main as hydra_main  # imports hydra, not torch
 
     args = quote_free_text(args)
-    if command == "finetune":
-        args = _continue_in_resumed_run(args)
+    if command in TRAINING_COMMANDS:
+        args = _continue_in_resumed_run(command, args)
         from bigmodel_cli.engine import distributed  # imports torch only under torchrun
 
         args = [*args, *distributed.cli_overrides(command, args)]
@@ -129,6 +131,12 @@ def run_hydra_command(command: str, args: list[str]) -> None:
 
 
 @app.command(context_settings=PASS_THROUGH, add_help_option=False)
+def pretrain(ctx: typer.Context) -> None:
+    """Pretrain a language model (masked or causal) on unlabeled text."""
+    run_hydra_command("pretrain", ctx.args)
+
+
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
 def finetune(ctx: typer.Context) -> None:
     """Train a model on a labeled dataset."""
     run_hydra_command("finetune", ctx.args)
@@ -142,7 +150,7 @@ def evaluate(ctx: typer.Context) -> None:
 
 @app.command(context_settings=PASS_THROUGH, add_help_option=False)
 def predict(ctx: typer.Context) -> None:
-    """Predict labels for raw text with a trained run."""
+    """Predict with a trained run: labels, generated text, or mask fills."""
     run_hydra_command("predict", ctx.args)
 
 

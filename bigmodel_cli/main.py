@@ -73,8 +73,8 @@ def run_command(command: str, cfg: DictConfig) -> Any:
         log.error("interrupted (%s); the last checkpoint and the metrics so far are saved in %s",
                   exc, run_dir)
         record_status(run_dir, "interrupted", str(exc))
-        if command == "finetune":
-            log.error("resume with: bigmodel finetune trainer.resume=%s", run_dir)
+        if command in ("finetune", "pretrain"):
+            log.error("resume with: bigmodel %s trainer.resume=%s", command, run_dir)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         log.error("interrupted; everything written so far is kept in %s", run_dir)
@@ -114,6 +114,7 @@ def _hydra_app(command: str):
     return task
 
 
+pretrain = _hydra_app("pretrain")
 finetune = _hydra_app("finetune")
 evaluate = _hydra_app("evaluate")
 predict = _hydra_app("predict")

@@ -28,7 +28,7 @@ def find_resume_run(value: str, outputs: Path = Path("outputs") / "finetune") ->
     """The run directory that `trainer.resume=value` continues.
 
     `auto`: the most recent unfinished run (a `last` checkpoint with training state, no
-    final metrics.json) under outputs/finetune/. A run dir or a checkpoint dir: its run."""
+    final metrics.json) under outputs/<command>/. A run dir or a checkpoint dir: its run."""
     if value == "auto":
         runs = sorted((p for p in outputs.glob("*/*") if p.is_dir()), reverse=True)
         for run in runs:
@@ -36,7 +36,7 @@ def find_resume_run(value: str, outputs: Path = Path("outputs") / "finetune") ->
                 return run
         raise UsageError(f"trainer.resume=auto: no unfinished run under {outputs}/ (one with "
                          "checkpoints/last/state.pt and no metrics.json); name one: "
-                         "trainer.resume=outputs/finetune/<date>/<time>")
+                         f"trainer.resume={outputs}/<date>/<time>")
     path = Path(value).expanduser()
     if all((path / f).is_file() for f in CHECKPOINT_FILES):
         return path.parent.parent if path.parent.name == "checkpoints" else path

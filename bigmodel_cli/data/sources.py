@@ -66,11 +66,22 @@ def _file_format(path: Path) -> str:
     return fmt
 
 
-def _load_files(files: dict[str, Path], *, headerless_tsv: tuple[str, str] | None = None) -> dict:
-    """Load split -> file with `datasets`; all files of one call share a format."""
+def _load_files(files: dict[str, Path], *, headerless_tsv: tuple[str, str] | None = None,
+                sample_by: str | None = None) -> dict:
+    """Load split -> file with `datasets`; all files of one call share a format. With
+    `sample_by` (line | paragraph | document), .txt files are plain text, read into a `text`
+    column one line / paragraph / whole file per row."""
     import datasets
 
     datasets.disable_progress_bars()
+    first = next(iter(files.values()))
+    if sample_by and ".txt" in first.suffixes:
+        try:
+            loaded = datasets.load_dataset("text", data_files={k: str(v) for k, v in files.items()},
+                                           sample_by=sample_by)
+        except Exception as exc:
+            raise UsageError(f"could not read {', '.join(map(str, files.values()))}: {exc}") from None
+        return dict(loaded)
     if headerless_tsv:
         kwargs: dict[str, Any] = dict(delimiter="\t", column_names=list(headerless_tsv),
                                       quoting=csv.QUOTE_NONE, keep_default_na=False)
@@ -96,18 +107,20 @@ def _read_label_names(path: Path) -> list[str]:
     return [n for n in names if n]
 
 
-def _normalise(ds, text_column: str, label_column: str, where: str):
-    """Keep only `text` (str) and `label` (raw values) columns; check they exist."""
-    missing = [c for c in (text_column, label_column) if c not in ds.column_names]
+def _normalise(ds, text_column: str, label_column: str | None, where: str):
+    """Keep only `text` (str) and `label` (raw values) columns; check they exist.
+    Unlabeled text (label_column None, a pretraining corpus) keeps only `text`."""
+    wanted = [text_column] if label_column is None else [text_column, label_column]
+    missing = [c for c in wanted if c not in ds.column_names]
     if missing:
         raise UsageError(
             f"{where}: no column {' or '.join(map(repr, missing))}; its columns are "
             f"{', '.join(ds.column_names)} (set data.text_column / data.label_column)"
         )
-    ds = ds.select_columns([text_column, label_column])
+    ds = ds.select_columns(wanted)
     if text_column != "text":
         ds = ds.rename_column(text_column, "text")
-    if label_column != "label":
+    if label_column is not None and label_column != "label":
         ds = ds.rename_column(label_column, "label")
     return ds
 
@@ -120,7 +133,10 @@ def _infer_label_names(values) -> list[str]:
 
 
 def _label_keys(ds) -> np.ndarray:
-    """Raw label values as an array to stratify on (numbers and names alike)."""
+    """Raw label values as an array to stratify on (numbers and names alike); unlabeled
+    rows all share one key, so a "stratified" split of them is a plain seeded one."""
+    if "label" not in ds.column_names:
+        return np.zeros(len(ds), dtype=np.int64)
     return np.asarray([str(v) for v in ds["label"]])
 
 
@@ -253,7 +269,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
         files = {s: folder / f for s, f in data_cfg.files.items() if f}
         present = {s: p for s, p in files.items() if p.is_file()}
         if "train" in present or (data_cfg.resplit_from and data_cfg.resplit_from in present):
-            raw = _load_files(present)
+            raw = _load_files(present, sample_by=data_cfg.get("sample_by"))
             for split, ds in raw.items():
                 raw[split] = _normalise(ds, data_cfg.text_column, data_cfg.label_column,
                                         str(present[split]))
@@ -301,7 +317,8 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
     if raw is None:
         what = data_cfg.name or "the data files"
         wanted = ", ".join(f for f in data_cfg.files.values() if f)
-        how_to = (f"put {wanted} (columns {data_cfg.text_column},{data_cfg.label_column})"
+        columns = ",".join(c for c in (data_cfg.text_column, data_cfg.label_column) if c)
+        how_to = (f"put {wanted} (column{'s' if ',' in columns else ''} {columns})"
                   + (f" and {data_cfg.labels_file}" if data_cfg.labels_file else "")
                   + (f" in $BIGMODEL_DATA_DIR/{data_cfg.name}/ or ./data/{data_cfg.name}/, "
                      "or point data.path=DIR at a folder holding them" if data_cfg.name
@@ -309,7 +326,11 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
         raise UsageError(f"dataset {what!r} not found. Looked in:\n    "
                          + "\n    ".join(looked) + f"\n  To provide it: {how_to}.")
     log.info("data: %s", source)
-    if label_names is None:  # inferred from every train row (before any subsetting)
+    labeled = data_cfg.label_column is not None
+    if not labeled:  # a pretraining corpus: any labels in the files are ignored
+        raw = {k: v.select_columns(["text"]) for k, v in raw.items()}
+        label_names = []
+    elif label_names is None:  # inferred from every train row (before any subsetting)
         label_source = raw["train"] if "train" in raw else raw[data_cfg.resplit_from]
         label_names = _infer_label_names(label_source.unique("label"))
     splits, notes = dict(raw), []
@@ -322,6 +343,10 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
         notes.append(f"no train split in {source}: re-split its {data_cfg.resplit_from} split "
                      f"({len(base)} rows) into " + ", ".join(f"{s} {len(splits[s])}" for s in order)
                      + f" (seed {seed}); not comparable with results on the official splits")
+    if "validation" not in splits and data_cfg.get("validation_from") == "tail":
+        splits["train"], splits["validation"], note = _tail_split(
+            splits["train"], float(data_cfg.validation_fraction))
+        notes.append(note)
     if "validation" not in splits:
         train = splits["train"]
         frac = float(data_cfg.validation_fraction)
@@ -335,9 +360,28 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
     for split in ("validation", "test"):
         if split in splits:
             splits[split] = _subset(splits[split], max_eval_samples, seed)
-    splits = _encode_labels(splits, label_names, source)
+    if labeled:
+        splits = _encode_labels(splits, label_names, source)
     return TextDataset(splits=splits, label_names=label_names, source=source,
                        folder=found_in, files=files_read, notes=notes)
+
+
+def _tail_split(train, fraction: float):
+    """The last `fraction` of the text as validation, the rest as train: of the characters
+    when train is one document (a book), else of the rows. No shuffling, so validation is
+    text the model never saw a neighbour of."""
+    import datasets
+
+    if len(train) == 1:
+        text = train[0]["text"]
+        cut = int(round(len(text) * (1 - fraction)))
+        return (datasets.Dataset.from_dict({"text": [text[:cut]]}),
+                datasets.Dataset.from_dict({"text": [text[cut:]]}),
+                f"no validation split: the last {fraction:.0%} of the text "
+                f"({len(text) - cut:,} of {len(text):,} characters) is validation")
+    cut = int(round(len(train) * (1 - fraction)))
+    return (train.select(range(cut)), train.select(range(cut, len(train))),
+            f"no validation split: the last {len(train) - cut} of {len(train)} rows are validation")
 
 
 def _load_upstream_layout(data_cfg: DictConfig, folder: Path):

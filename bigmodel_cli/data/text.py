@@ -21,23 +21,51 @@ log = logging.getLogger("bigmodel.data")
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
-CACHE_VERSION = 1  # bump when the encoding below changes
+CACHE_VERSION = 2  # bump when the encoding below changes
 
 
-def train_tokenizer(texts, vocab_size: int, min_frequency: int, lowercase: bool):
-    """Train a WordPiece tokenizer on `texts` (an iterable of str)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+TOKENIZER_KINDS = ("wordpiece", "bpe", "char", "word")
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
-    tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
-        show_progress=False,
-    )
+
+def train_tokenizer(texts, cfg):
+    """Train a tokenizer on `texts` (an iterable of str) as the data.tokenizer config says.
+
+    kind: wordpiece (BERT-style word pieces; CJK text splits into characters), bpe
+    (byte-level BPE: any text, whitespace kept), char (one token per character, whitespace
+    kept: character-level language models), word (whitespace-separated words, e.g. the
+    pre-tokenized WikiText). The special tokens always take ids 0-4, in SPECIAL_TOKENS order.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    kind = cfg.get("kind", "wordpiece")
+    common = dict(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                  special_tokens=SPECIAL_TOKENS, show_progress=False)
+    if kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
+        tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=cfg.lowercase)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(**common)
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(**common, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif kind in ("char", "word"):
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+        if kind == "char":
+            tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+            tokenizer.decoder = decoders.Fuse()
+        else:
+            tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        trainer = trainers.WordLevelTrainer(**common)
+    else:
+        from bigmodel_cli.errors import UsageError
+
+        raise UsageError(f"data.tokenizer.kind={kind!r}: choose one of {', '.join(TOKENIZER_KINDS)}")
+    if cfg.lowercase and kind != "wordpiece":
+        tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
 
@@ -60,14 +88,34 @@ class EncodedSplit:
         return int(self.lengths.shape[0])
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids of each text, truncated to max_length. Returns (ids, number truncated)."""
+def encode_texts(tokenizer, texts: list[str], max_length: int | None,
+                 add_special_tokens: bool = False) -> tuple[list[list[int]], int]:
+    """Token ids of each text, truncated to max_length (None: not truncated).
+    Returns (ids, number truncated). A pretrained (Hugging Face) tokenizer adds its own
+    special tokens ([CLS] ... [SEP]) with `add_special_tokens`; ours add none."""
     tokenizer.no_padding()
     tokenizer.no_truncation()
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
     ids = [e.ids for e in encodings]
+    if max_length is None:
+        return ids, 0
     truncated = sum(1 for i in ids if len(i) > max_length)
+    if add_special_tokens:  # keep the closing special token ([SEP]) of a truncated text
+        return [i if len(i) <= max_length else i[:max_length - 1] + i[-1:] for i in ids], truncated
     return [i[:max_length] for i in ids], truncated
+
+
+def pack_blocks(ids: list[list[int]], block_size: int, separator: int, stride: int) -> list[list[int]]:
+    """Concatenate the texts, each followed by `separator`, and cut the stream into blocks
+    of `block_size` tokens that start every `stride` tokens (the last one may be shorter).
+    A causal LM uses stride = block_size - 1, so the token that ends one block starts the
+    next and every token is predicted exactly once."""
+    stream = np.fromiter((t for seq in ids for t in (*seq, separator)), dtype=np.int64)
+    if len(ids) == 1:  # one document (a whole book): no separator after it
+        stream = stream[:-1]
+    overlap = block_size - stride
+    return [stream[s:s + block_size].tolist()
+            for s in range(0, max(len(stream) - overlap, 1), stride)]
 
 
 def to_tensors(ids: list[list[int]] | "pyarrow.ListArray", labels=None) -> EncodedSplit:  # noqa: F821
@@ -95,16 +143,21 @@ def _cache_key(files: list[Path], settings: dict) -> str:
 
 
 def tokenize_splits(splits: dict, files: list[Path], settings: dict, cache_dir: Path,
-                    tokenizer_cfg, max_length: int):
-    """Train the tokenizer on train and encode every split, or load both from the cache.
-
-    `settings` must describe everything that changes the result besides the files (split
-    selection, seed, tokenizer settings). Returns (tokenizer, {split: EncodedSplit}).
+                    tokenizer_cfg, max_length: int | None, tokenizer=None,
+                    add_special_tokens: bool = False):
+    """Train the tokenizer on train (unless one is given) and encode every split, or load
+    both from the cache. Splits are `datasets.Dataset`s with `text` (and, when labeled,
+    `label`). `settings` must describe everything that changes the result besides the files
+    (split selection, seed, tokenizer settings). Returns (tokenizer, {split: (ids, labels)}),
+    ids a list of token-id lists, labels an array or None.
     """
     import datasets
 
-    key = _cache_key(files, {**settings, "max_length": max_length, "version": CACHE_VERSION,
-                             "tokenizer": dict(tokenizer_cfg)}) if files else None
+    extra = {"max_length": max_length, "version": CACHE_VERSION,
+             "tokenizer": dict(tokenizer_cfg) if tokenizer is None else
+             hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
+             "special": add_special_tokens}
+    key = _cache_key(files, {**settings, **extra}) if files else None
     folder = cache_dir / "tokenized" / key if key else None
     if folder is not None and (folder / "done").is_file():
         log.info("tokenized splits: loaded from cache %s (no tokenization)", folder)
@@ -112,33 +165,35 @@ def tokenize_splits(splits: dict, files: list[Path], settings: dict, cache_dir: 
         encoded = {}
         for split in splits:
             table = datasets.load_from_disk(str(folder / split)).data.table
-            ids = table.column("input_ids").to_pylist()
-            encoded[split] = to_tensors(ids, table.column("label").to_numpy())
+            labels = table.column("label").to_numpy() if "label" in table.column_names else None
+            encoded[split] = (table.column("input_ids").to_pylist(), labels)
         return tokenizer, encoded
 
-    tokenizer = train_tokenizer(
-        splits["train"]["text"], tokenizer_cfg.vocab_size, tokenizer_cfg.min_frequency,
-        tokenizer_cfg.lowercase,
-    )
-    log.info("tokenizer: trained WordPiece on %d train texts, vocabulary %d",
-             len(splits["train"]), tokenizer.get_vocab_size())
-    encoded, columns = {}, {}
+    if tokenizer is None:
+        tokenizer = train_tokenizer(splits["train"]["text"], tokenizer_cfg)
+        log.info("tokenizer: trained %s on %d train texts, vocabulary %d",
+                 tokenizer_cfg.get("kind", "wordpiece"), len(splits["train"]),
+                 tokenizer.get_vocab_size())
+    encoded = {}
     for split, ds in splits.items():
-        ids, truncated = encode_texts(tokenizer, ds["text"], max_length)
+        ids, truncated = encode_texts(tokenizer, ds["text"], max_length, add_special_tokens)
         if truncated:
             log.info("%s: %d of %d texts truncated to data.max_length=%d tokens",
                      split, truncated, len(ids), max_length)
-        columns[split] = (ids, ds["label"])
-        encoded[split] = to_tensors(ids, ds["label"])
+        labels = np.asarray(ds["label"]) if "label" in ds.column_names else None
+        encoded[split] = (ids, labels)
     if folder is not None:
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         tokenizer.save(str(tmp / "tokenizer.json"))
-        features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                      "label": datasets.Value("int64")})
-        for split, (ids, labels) in columns.items():
-            datasets.Dataset.from_dict({"input_ids": ids, "label": labels}, features=features) \
+        for split, (ids, labels) in encoded.items():
+            columns = {"input_ids": ids}
+            features = {"input_ids": datasets.Sequence(datasets.Value("int32"))}
+            if labels is not None:
+                columns["label"] = labels
+                features["label"] = datasets.Value("int64")
+            datasets.Dataset.from_dict(columns, features=datasets.Features(features)) \
                 .save_to_disk(str(tmp / split))
         (tmp / "done").write_text("ok\n")
         shutil.rmtree(folder, ignore_errors=True)

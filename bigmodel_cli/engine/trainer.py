@@ -157,6 +157,7 @@ class Trainer:
         self.last_val: dict | None = None
         self.bad_evals = 0
         self.samples = 0
+        self.tokens = 0           # real (non-padding) tokens trained on, for text batches
         self.train_time = 0.0
         self.skipped_steps = 0
 
@@ -168,7 +169,7 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
                 "best": self.best, "best_metrics": self.best_metrics, "best_step": self.best_step,
                 "last_val": self.last_val, "bad_evals": self.bad_evals, "samples": self.samples,
-                "train_time": self.train_time, "skipped_steps": self.skipped_steps,
+                "tokens": self.tokens, "train_time": self.train_time, "skipped_steps": self.skipped_steps,
                 "scaler": self.scaler.state_dict(), "rng": rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -179,6 +180,7 @@ class Trainer:
         for key in ("step", "epoch", "batches_done", "best", "best_metrics", "best_step",
                     "last_val", "bad_evals", "samples", "train_time", "skipped_steps"):
             setattr(self, key, state[key])
+        self.tokens = state.get("tokens", 0)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
@@ -304,6 +306,8 @@ class Trainer:
                             loss_sum += value
                             loss_count += 1
                         self.samples += int(batch["index"].shape[0])
+                        if "lengths" in batch:
+                            self.tokens += int(batch["lengths"].sum())
                         micro += 1
                         if micro % s.grad_accum_steps and micro < len(train):
                             continue
@@ -369,6 +373,7 @@ class Trainer:
             finally:
                 progress.close()
         return {"paused": False, "train_time_s": self.train_time, "train_samples": self.samples,
-                "samples_per_s": self.samples / max(self.train_time, 1e-9), "steps": self.step,
+                "samples_per_s": self.samples / max(self.train_time, 1e-9),
+                "tokens_per_s": self.tokens / max(self.train_time, 1e-9), "steps": self.step,
                 "epochs": self.epoch, "best_step": self.best_step, "skipped_steps": self.skipped_steps,
                 "best_validation": self.best_metrics, "last_validation": self.last_val}

@@ -63,6 +63,8 @@ class ClassificationTask:
     """Builds the model around an encoder and owns the loss and metrics."""
 
     name = "classification"
+    needs_labels = True
+    block_overlap = 0
 
     def __init__(self, head_dropout: float = 0.0, label_smoothing: float = 0.0) -> None:
         self.head_dropout = head_dropout

@@ -1,0 +1,139 @@
+"""data.kind=text: labeled texts (classification) and unlabeled corpora (language models).
+
+Texts are tokenized with a tokenizer trained on train (or a given one: a pretrained run's,
+or a Hugging Face model's), and held in memory as padded id tensors. For language models
+with `data.pack=true`, the texts are concatenated (each ended by [SEP]) and cut into blocks
+of data.max_length tokens (+1 for a causal LM, whose blocks overlap by one token so every
+token is predicted once).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from bigmodel_cli.data.kinds import DataContext, EvalData, Prepared
+from bigmodel_cli.errors import UsageError
+
+log = logging.getLogger("bigmodel.data")
+
+
+def to_split(ids: list[list[int]], labels, encoding: dict, sep_id: int, labeled: bool):
+    """Token ids -> EncodedSplit as `encoding` says: packed blocks, or one row per text.
+    Unlabeled (language-model) rows drop empty texts: they teach nothing."""
+    from bigmodel_cli.data.text import pack_blocks, to_tensors
+
+    if encoding["pack"] or not labeled:
+        ids = [i for i in ids if i]
+        if not ids:
+            raise UsageError("no text to train or evaluate on: every text is empty")
+    if encoding["pack"]:
+        length = encoding["max_length"]
+        return to_tensors(pack_blocks(ids, length + encoding["overlap"], sep_id, stride=length))
+    return to_tensors(ids, labels if labeled else None)
+
+
+def encode(tokenizer, texts: list[str], labels, encoding: dict, labeled: bool):
+    """Raw texts -> (EncodedSplit, number truncated), the same at training, evaluate, predict."""
+    from bigmodel_cli.data.text import SEP, encode_texts
+
+    limit = None if encoding["pack"] else encoding["max_length"] + encoding["overlap"]
+    ids, truncated = encode_texts(tokenizer, texts, limit, encoding["add_special_tokens"])
+    return to_split(ids, labels, encoding, tokenizer.token_to_id(SEP), labeled), truncated
+
+
+def _batches_factory(cfg: DictConfig, ctx: DataContext):
+    from bigmodel_cli.data.batching import TextBatches
+
+    def make(data, batch_size: int, train: bool):
+        return TextBatches(data, batch_size, shuffle=train, seed=ctx.seed,
+                           bucket_by_length=cfg.trainer.bucket_by_length,
+                           rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
+    return make
+
+
+def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
+    from bigmodel_cli.data.sources import load_text_dataset
+    from bigmodel_cli.data.text import SEP, load_tokenizer, tokenize_splits
+    from bigmodel_cli.engine import distributed
+    from bigmodel_cli.jsonfiles import write_json
+
+    data = load_text_dataset(cfg.data, seed=ctx.seed, cache_dir=ctx.cache_dir,
+                             max_train_samples=ctx.max_train_samples,
+                             max_eval_samples=ctx.max_eval_samples)
+    if task.needs_labels and not data.label_names:
+        raise UsageError(f"data={cfg.data.name}: this dataset has no labels (data.label_column is "
+                         f"null), so it cannot train a {task.name} model; pretrain on it "
+                         "(bigmodel pretrain), or set data.label_column")
+    log.info("splits: %s%s", ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()),
+             f"; {len(data.label_names)} labels" if data.label_names else " (unlabeled)")
+    encoding = {"max_length": int(cfg.data.max_length), "pack": bool(cfg.data.pack),
+                "add_special_tokens": ctx.add_special_tokens, "overlap": task.block_overlap}
+    given = load_tokenizer(ctx.tokenizer_file) if ctx.tokenizer_file else None
+    selection = {"seed": ctx.seed, "max_train_samples": ctx.max_train_samples,
+                 "max_eval_samples": ctx.max_eval_samples,
+                 "data": OmegaConf.to_container(cfg.data, resolve=True)}
+    if not ctx.is_main:  # rank 0 tokenizes and fills the cache; the others then read it
+        distributed.barrier()
+    # Packing needs whole texts; otherwise texts are cut to the longest a row may be.
+    limit = None if encoding["pack"] else encoding["max_length"] + encoding["overlap"]
+    tokenizer, encoded = tokenize_splits(data.splits, data.files, selection, ctx.cache_dir,
+                                         cfg.data.tokenizer, limit, tokenizer=given,
+                                         add_special_tokens=ctx.add_special_tokens)
+    if ctx.is_main:
+        distributed.barrier()  # a no-op outside torchrun
+        tokenizer.save(str(run_dir / "tokenizer.json"))
+        write_json(run_dir / "labels.json", data.label_names)
+    sep_id = tokenizer.token_to_id(SEP)
+    splits = {split: to_split(ids, labels, encoding, sep_id, task.needs_labels)
+              for split, (ids, labels) in encoded.items()}
+    if encoding["pack"]:
+        log.info("packed into blocks of %d tokens: %s",
+                 encoding["max_length"] + encoding["overlap"],
+                 ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    return Prepared(splits=splits, make_batches=_batches_factory(cfg, ctx),
+                    model_args={"vocab_size": tokenizer.get_vocab_size(), "padding_idx": 0},
+                    label_names=data.label_names, encoding=encoding, source=data.source,
+                    folder=data.folder, notes=data.notes)
+
+
+def eval_batches(trained, data_cfg: DictConfig, split: str | None, batch_size: int,
+                 ctx: DataContext) -> EvalData:
+    """One split of `data_cfg`, encoded with the run's tokenizer exactly as in training."""
+    from bigmodel_cli.data.batching import TextBatches
+    from bigmodel_cli.data.sources import load_text_dataset
+
+    data = load_text_dataset(data_cfg, seed=ctx.seed, cache_dir=ctx.cache_dir,
+                             max_train_samples=ctx.max_train_samples,
+                             max_eval_samples=ctx.max_eval_samples)
+    split = choose_split(data.splits, split, data_cfg)
+    encoding = encoding_of(trained.meta)
+    ds = data.splits[split]
+    labels = ds["label"] if trained.task.needs_labels else None
+    if trained.task.needs_labels and data.label_names != trained.label_names:
+        raise UsageError(f"the labels of the data ({data.label_names}) differ from the run's "
+                         f"labels.json ({trained.label_names})")
+    encoded, _ = encode(trained.tokenizer, ds["text"], labels, encoding,
+                        trained.task.needs_labels)
+    return EvalData(split=split, batches=TextBatches(encoded, batch_size, shuffle=False),
+                    label_names=data.label_names)
+
+
+def encoding_of(meta: dict) -> dict:
+    """The checkpoint's encoding settings (runs from before they were recorded: the defaults)."""
+    return meta.get("encoding") or {"max_length": meta["max_length"], "pack": False,
+                                    "add_special_tokens": False, "overlap": 0}
+
+
+def choose_split(splits: dict, split: str | None, data_cfg: DictConfig) -> str:
+    wanted = split or data_cfg.eval_split
+    if wanted in splits:
+        if split is None and wanted != "test":
+            log.info("note: %s has no labeled test split; evaluating on %s", data_cfg.name, wanted)
+        return wanted
+    if split is None and "validation" in splits:
+        log.warning("note: %s has no %s split; evaluating on validation", data_cfg.name, wanted)
+        return "validation"
+    raise UsageError(f"split={wanted}: the dataset has no such split (it has {', '.join(splits)})")
