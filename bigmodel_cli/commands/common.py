@@ -58,17 +58,18 @@ def load_run(run: str, ckpt: str, device) -> TrainedRun:
     run_dir = ckpt_dir.parent.parent if ckpt_dir.parent.name == "checkpoints" else Path(run)
     config_file = run_dir / ".hydra" / "config.yaml"
     tokenizer_file, labels_file = run_dir / "tokenizer.json", run_dir / "labels.json"
-    for needed in (config_file, tokenizer_file, labels_file):
+    meta = read_meta(ckpt_dir)
+    text = meta.get("data_kind", "text") == "text"  # images and tables have no tokenizer
+    for needed in (config_file, labels_file, *([tokenizer_file] if text else [])):
         if not needed.is_file():
             raise UsageError(f"run={run}: incomplete run directory, {needed.name} is missing "
                              f"(looked for {needed})")
-    meta = read_meta(ckpt_dir)
     model, task = build_model(meta)
     load_weights(model, ckpt_dir)
     model.to(device).eval()
     try:
         label_names = json.loads(labels_file.read_text(encoding="utf-8"))
-        tokenizer = load_tokenizer(tokenizer_file)
+        tokenizer = load_tokenizer(tokenizer_file) if text else None
     except Exception as exc:
         raise UsageError(f"run={run}: unreadable labels.json or tokenizer.json ({exc})") from None
     log.info("loaded %s (step %s, %s)", ckpt_dir, meta.get("step"), meta.get("metrics") and

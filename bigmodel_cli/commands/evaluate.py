@@ -7,17 +7,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel_cli.errors import UsageError
-
 log = logging.getLogger("bigmodel")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     from bigmodel_cli.commands.common import load_run
-    from bigmodel_cli.data.batching import TextBatches
-    from bigmodel_cli.data.sources import load_text_dataset
-    from bigmodel_cli.data.text import encode_texts, to_tensors
+    from bigmodel_cli.data import kinds
     from bigmodel_cli.engine.runtime import select_device, versions
     from bigmodel_cli.engine.trainer import evaluate
     from bigmodel_cli.jsonfiles import write_json
@@ -30,38 +26,30 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if data_path is not None:
         data_cfg = OmegaConf.merge(data_cfg, {"path": data_path})
     # The same data selection as at training time, so a debug run's test subset is the same.
-    data = load_text_dataset(data_cfg, seed=train_cfg.seed, cache_dir=Path(cfg.cache_dir).expanduser(),
-                             max_train_samples=train_cfg.trainer.max_train_samples,
-                             max_eval_samples=train_cfg.trainer.max_eval_samples)
-    split = cfg.split or data_cfg.eval_split
-    if split not in data.splits:
-        if cfg.split is None and "validation" in data.splits:
-            log.warning("note: %s has no %s split; evaluating on validation", data_cfg.name, split)
-            split = "validation"
-        else:
-            raise UsageError(f"split={split}: the dataset has no such split "
-                             f"(it has {', '.join(data.splits)})")
-    elif cfg.split is None and split != "test":
-        log.info("note: %s has no labeled test split; evaluating on %s", data_cfg.name, split)
-    if data.label_names != trained.label_names:
-        raise UsageError(f"the labels of the data ({data.label_names}) differ from the run's "
-                         f"labels.json ({trained.label_names})")
-    ds = data.splits[split]
-    ids, _ = encode_texts(trained.tokenizer, ds["text"], trained.meta["max_length"])
-    batches = TextBatches(to_tensors(ids, ds["label"]), cfg.batch_size, shuffle=False)
+    ctx = kinds.DataContext(seed=train_cfg.seed, cache_dir=Path(cfg.cache_dir).expanduser(),
+                            max_train_samples=train_cfg.trainer.max_train_samples,
+                            max_eval_samples=train_cfg.trainer.max_eval_samples)
+    data = kinds.module(data_cfg).eval_batches(trained, data_cfg, cfg.split, cfg.batch_size, ctx)
+    split = data.split
     num_labels = len(trained.label_names)
     metrics_acc = trained.task.new_metrics(num_labels)
-    metrics = evaluate(trained.model, trained.task, batches, device, metrics_acc,
+    metrics = evaluate(trained.model, trained.task, data.batches, device, metrics_acc,
                        precision=cfg.device.precision)
-    y_true, y_pred = metrics_acc.arrays()
-    per_class, confusion = _reports(y_true, y_pred, trained.label_names)
-
-    per_class.to_csv(run_dir / "per_class.csv", index=False)
-    confusion.to_csv(run_dir / "confusion_matrix.csv")
-    plot_confusion(confusion, run_dir / "plots" / "confusion_matrix.png",
-                   f"{data_cfg.name} {split}: accuracy {metrics['accuracy']:.4f}")
+    per_class = None
+    if trained.task.name == "classification":
+        y_true, y_pred = metrics_acc.arrays()
+        per_class, confusion = _reports(y_true, y_pred, trained.label_names)
+        per_class.to_csv(run_dir / "per_class.csv", index=False)
+        confusion.to_csv(run_dir / "confusion_matrix.csv")
+        plot_confusion(confusion, run_dir / "plots" / "confusion_matrix.png",
+                       f"{data_cfg.name} {split}: accuracy {metrics['accuracy']:.4f}")
+    elif trained.task.name == "regression":
+        y_true, y_pred = metrics_acc.arrays()
+        _write_predictions(y_true, y_pred, trained.label_names, run_dir / "predictions.csv")
+        plot_scatter(y_true, y_pred, trained.label_names, run_dir / "plots" / "predicted_vs_true.png",
+                     f"{data_cfg.name} {split}: R² {metrics['r2']:.4f}, RMSE {metrics['rmse']:.4g}")
     summary = {"command": "evaluate", "run": str(trained.run_dir), "checkpoint": str(trained.ckpt_dir),
-               "data": data_cfg.name, "split": split, "metrics": metrics,
+               "data": data_cfg.name, "split": split, "task": trained.task.name, "metrics": metrics,
                "device": str(device), "versions": versions()}
     write_json(run_dir / "metrics.json", summary)
     _print(summary, per_class)
@@ -130,6 +118,43 @@ def plot_confusion(confusion, path: Path, title: str) -> None:
         plt.close(fig)
 
 
+def _write_predictions(y_true, y_pred, names: list[str], path: Path) -> None:
+    import pandas as pd
+
+    columns = {}
+    for j, name in enumerate(names):
+        columns[f"{name}_true"] = y_true[:, j]
+        columns[f"{name}_predicted"] = y_pred[:, j]
+    pd.DataFrame(columns).to_csv(path, index=False)
+
+
+def plot_scatter(y_true, y_pred, names: list[str], path: Path, title: str) -> None:
+    """Predicted against true values (one panel per target), with the y = x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 5), squeeze=False)
+    for j, (ax, name) in enumerate(zip(axes[0], names)):
+        t, p = y_true[:, j], y_pred[:, j]
+        low, high = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.scatter(t, p, s=12, alpha=0.6)
+        ax.plot([low, high], [low, high], color="grey", linewidth=1)
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+    axes[0][0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+METRIC_KEYS = {"classification": ("accuracy", "precision_macro", "recall_macro", "f1_macro",
+                                  "precision_weighted", "recall_weighted", "f1_weighted", "loss"),
+               "regression": ("r2", "rmse", "mae", "mse", "loss")}
+
+
 def _print(summary: dict, per_class) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -139,10 +164,11 @@ def _print(summary: dict, per_class) -> None:
     table = Table(title=f"{summary['data']} {summary['split']}: {m['samples']} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
-                "recall_weighted", "f1_weighted", "loss"):
+    for key in METRIC_KEYS.get(summary["task"], tuple(k for k in m if k != "samples")):
         table.add_row(key, f"{m[key]:.4f}")
     console.print(table)
+    if per_class is None:
+        return
     classes = Table(title="per class")
     for col in per_class.columns:
         classes.add_column(col, justify="left" if col == "label" else "right")

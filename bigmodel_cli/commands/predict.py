@@ -1,4 +1,4 @@
-"""bigmodel predict: labels for raw text from a trained run, as JSON lines.
+"""bigmodel predict: labels for raw text (or images, or table rows) from a trained run, as JSON lines.
 
 Inputs: `text=` (one or a list), `input=FILE` (.txt one text per line; .csv/.tsv/.jsonl/
 .parquet with `text_column`), or `input=-` for standard input (one text per line).
@@ -7,6 +7,8 @@ Inputs are read and scored in batches, so a large file streams in constant memor
 Empty lines are skipped (their index is not reused; a note gives the count), invalid UTF-8
 is replaced with U+FFFD, and texts longer than the run's data.max_length tokens are
 truncated, as they were in training.
+Image runs take `input=` an image, a folder of images or a .csv/.tsv list of image paths
+(`path_column`); tabular runs a .csv/.tsv/.parquet file of rows (see _predict_batches).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     if cfg.top_k < 1:
         raise UsageError(f"top_k={cfg.top_k}: must be at least 1")
+    if _data_kind(cfg) != "text":
+        return _predict_batches(cfg)
     stats = {"empty": 0, "truncated": 0, "predicted": 0}
     inputs = iter_inputs(cfg, stats)
     first = list(islice(inputs, 1))  # input errors surface before the model loads
@@ -151,3 +155,56 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("predicted %d text(s)%s", stats["predicted"],
              f" -> {cfg.output}" if cfg.output else "")
     return stats
+
+
+def _data_kind(cfg: DictConfig) -> str:
+    """The kind of data the run was trained on, from its checkpoint's meta.json (no torch)."""
+    from bigmodel_cli.engine.checkpoint import read_meta, resolve_checkpoint
+
+    return read_meta(resolve_checkpoint(Path(cfg.run), cfg.ckpt)).get("data_kind", "text")
+
+
+def _predict_batches(cfg: DictConfig) -> dict:
+    """Images and table rows: the data kind reads `input=` into batches; one JSON line per row.
+    Classification: {"index", ..., "label", "label_id", "top_k"}; regression: {"index",
+    "prediction"} in the target's original units (image rows also carry their "path")."""
+    import torch
+
+    from bigmodel_cli.commands.common import load_run
+    from bigmodel_cli.data import kinds
+    from bigmodel_cli.engine.runtime import select_device
+    from bigmodel_cli.engine.trainer import autocast, move
+
+    device = select_device(cfg.device.name, cfg.device.threads)
+    trained = load_run(cfg.run, cfg.ckpt, device)
+    names = trained.label_names
+    k = min(cfg.top_k, len(names))
+    regression = trained.task.name == "regression"
+    count = 0
+    with ExitStack() as stack:
+        out = sys.stdout
+        if cfg.output:
+            out_path = Path(cfg.output).expanduser()
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out = stack.enter_context(open(out_path, "w", encoding="utf-8"))
+        for rows, batch in kinds.module(trained.config.data).predict_batches(trained, cfg,
+                                                                             cfg.batch_size):
+            with torch.inference_mode(), autocast(device, cfg.device.precision):
+                outputs = trained.task.forward(trained.model, move(batch, device))
+            if regression:
+                values = outputs["value"].float().cpu().tolist()
+                records = [{**row, "prediction": v[0] if len(v) == 1 else dict(zip(names, v))}
+                           for row, v in zip(rows, values)]
+            else:
+                probs = torch.softmax(outputs.float(), dim=-1).cpu()
+                top_p, top_i = probs.topk(k, dim=-1)
+                records = [{**row, "label": names[i_row[0]], "label_id": i_row[0],
+                            "top_k": [{"label": names[i], "prob": round(p, 6)}
+                                      for p, i in zip(p_row, i_row)]}
+                           for row, p_row, i_row in zip(rows, top_p.tolist(), top_i.tolist())]
+            for record in records:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            count += len(rows)
+    log.info("predicted %d row(s)%s", count, f" -> {cfg.output}" if cfg.output else "")
+    return {"predicted": count}

@@ -63,7 +63,8 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
                             max_train_samples=trainer_cfg.max_train_samples,
                             max_eval_samples=trainer_cfg.max_eval_samples, rank=rank,
                             world_size=world_size, is_main=is_main)
-    transfer.choose_tokenizer(cfg, model_cfg, source, ctx, run_dir)
+    if cfg.data.get("kind", "text") == "text":
+        transfer.choose_tokenizer(cfg, model_cfg, source, ctx, run_dir)
     prepared = kinds.module(cfg.data).prepare(cfg, run_dir, ctx, task)
     num_labels = len(prepared.label_names)
     encoder = build(model_cfg, "model", **prepared.model_args)
@@ -73,7 +74,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         raise UsageError(f"task={task.name} with model={cfg.model._target_.rsplit('.', 1)[-1]}: "
                          f"{exc}") from None
     if source is not None:
-        report = transfer.load_matching(model, source)
+        report = transfer.load_matching(model, source, prepared.label_names)
         if is_main:
             write_json(run_dir / "init_from.json", report)
     if cfg.model.get("freeze_encoder"):

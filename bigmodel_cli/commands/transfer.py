@@ -105,8 +105,9 @@ def _tokenizer_overrides() -> list[str]:
             if o.lstrip("+~").startswith("data.tokenizer")]
 
 
-def load_matching(model, source: Source) -> dict:
-    """Load every tensor of the source checkpoint whose name and shape match; report the rest."""
+def load_matching(model, source: Source, label_names: list[str] | None = None) -> dict:
+    """Load every tensor of the source checkpoint whose name and shape match; report the rest.
+    A classifier head trained on other labels than `label_names` is not loaded: it is new."""
     from safetensors import safe_open
 
     from bigmodel_cli.engine.checkpoint import WEIGHTS, unwrap
@@ -115,9 +116,10 @@ def load_matching(model, source: Source) -> dict:
     own = model.state_dict()
     path = source.ckpt_dir / WEIGHTS
     loaded, dropped, mismatched = {}, [], []
+    other_labels = label_names is not None and source.meta.get("label_names") != label_names
     with safe_open(str(path), framework="pt") as f:
         for name in f.keys():
-            if name not in own:
+            if name not in own or (other_labels and name.startswith("head.")):
                 dropped.append(name)
                 continue
             tensor = f.get_tensor(name)

@@ -8,6 +8,8 @@
       run_dir (when ctx.is_main), and say how to build batches and the encoder.
   eval_batches(trained, data_cfg, split, batch_size, ctx) -> EvalData
       The batches of one split of a dataset, preprocessed as the trained run was.
+  predict_batches(trained, cfg, batch_size) -> iterator of (rows, batch)    (image, tabular)
+      `bigmodel predict` inputs as batches, with what identifies each row ({"index", ...}).
 
 The commands do the rest the same way for every kind: the engine trains and evaluates on
 dicts of tensors, the task owns loss and metrics.
@@ -23,7 +25,8 @@ from typing import Any
 
 from bigmodel_cli.errors import UsageError
 
-KINDS = {"text": "bigmodel_cli.data.text_kind"}
+KINDS = {"text": "bigmodel_cli.data.text_kind", "image": "bigmodel_cli.data.image_kind",
+         "tabular": "bigmodel_cli.data.tabular_kind"}
 
 
 @dataclass

@@ -77,8 +77,11 @@ class RegressionTask:
     needs_labels = True
     block_overlap = 0
 
-    def __init__(self, head_dropout: float = 0.0) -> None:
+    summary_metrics = ("r2", "rmse", "mae", "mse", "loss")
+
+    def __init__(self, head_dropout: float = 0.0, monitor: str = "r2") -> None:
         self.head_dropout = head_dropout
+        self.monitor = monitor  # the default trainer.monitor (higher R² is better)
         self.target_mean: list[float] | None = None
         self.target_std: list[float] | None = None
 

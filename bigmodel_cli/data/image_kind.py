@@ -1,0 +1,113 @@
+"""data.kind=image: labeled images (classification), held in memory as uint8 tensors.
+
+prepare() computes the per-channel mean/std on train and writes preprocessing.json
+(channels, image size, mean, std, augmentation) and labels.json into the run directory.
+The encoder gets them as constructor arguments: normalisation and augmentation run in its
+first module, on the training device (bigmodel_cli.data.augment).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from bigmodel_cli.data.kinds import DataContext, EvalData, Prepared
+from bigmodel_cli.errors import UsageError
+
+log = logging.getLogger("bigmodel.data")
+
+PREPROCESSING = "preprocessing.json"
+
+
+def _batches_factory(ctx: DataContext):
+    from bigmodel_cli.data.tensor_batches import TensorBatches
+
+    def make(data, batch_size: int, train: bool):
+        return TensorBatches(data.columns(), batch_size, shuffle=train, seed=ctx.seed,
+                             rank=ctx.rank if train else 0,
+                             world_size=ctx.world_size if train else 1)
+    return make
+
+
+def _check_task(task) -> None:
+    if task.name != "classification":
+        raise UsageError(f"data.kind=image supports task=classification, not task={task.name}")
+
+
+def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
+    from bigmodel_cli.data.images import load_image_dataset, pixel_stats
+    from bigmodel_cli.jsonfiles import write_json
+
+    _check_task(task)
+    data = load_image_dataset(cfg.data, seed=ctx.seed, max_train_samples=ctx.max_train_samples,
+                              max_eval_samples=ctx.max_eval_samples)
+    mean, std = pixel_stats(data.splits["train"].pixels)
+    augment = OmegaConf.to_container(cfg.data.augment, resolve=True)
+    preprocessing = {"channels": data.channels, "image_size": data.image_size,
+                     "mean": mean, "std": std, "augment": augment}
+    log.info("data: %s", data.source)
+    log.info("splits: %s; %d labels; images %dx%dx%d; mean %s, std %s (train)",
+             ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()), len(data.label_names),
+             data.channels, data.image_size, data.image_size, mean, std)
+    if ctx.is_main:
+        write_json(run_dir / "labels.json", data.label_names)
+        write_json(run_dir / PREPROCESSING, preprocessing)
+    model_args = {"in_channels": data.channels, "image_size": data.image_size,
+                  "mean": mean, "std": std, "augment": augment}
+    return Prepared(splits=data.splits, make_batches=_batches_factory(ctx), model_args=model_args,
+                    label_names=data.label_names,
+                    encoding={"channels": data.channels, "image_size": data.image_size},
+                    source=data.source, folder=data.folder, notes=data.notes)
+
+
+def eval_batches(trained, data_cfg: DictConfig, split: str | None, batch_size: int,
+                 ctx: DataContext) -> EvalData:
+    """One split of `data_cfg`, decoded and sized as in training."""
+    from bigmodel_cli.data.images import load_image_dataset
+    from bigmodel_cli.data.tensor_batches import TensorBatches
+    from bigmodel_cli.data.text_kind import choose_split
+
+    _check_task(trained.task)
+    data = load_image_dataset(data_cfg, seed=ctx.seed, max_train_samples=ctx.max_train_samples,
+                              max_eval_samples=ctx.max_eval_samples)
+    split = choose_split(data.splits, split, data_cfg)
+    if data.label_names != trained.label_names:
+        raise UsageError(f"the labels of the data ({data.label_names}) differ from the run's "
+                         f"labels.json ({trained.label_names})")
+    return EvalData(split=split, batches=TensorBatches(data.splits[split].columns(), batch_size,
+                                                       shuffle=False),
+                    label_names=data.label_names)
+
+
+def read_preprocessing(run_dir: Path) -> dict:
+    path = Path(run_dir) / PREPROCESSING
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"run={run_dir}: incomplete run directory, {PREPROCESSING} is missing "
+                         f"or unreadable ({exc})") from None
+
+
+def predict_batches(trained, cfg: DictConfig, batch_size: int) -> Iterator[tuple[list[dict], dict]]:
+    """(what identifies each row, a batch) for `input=` an image, a folder of images, or a
+    .csv/.tsv/.txt list of image paths; every image decoded and resized as in training."""
+    import torch
+
+    from bigmodel_cli.data.images import image_inputs, load_image_file
+
+    if cfg.text is not None or cfg.input is None or cfg.input == "-":
+        raise UsageError("this run classifies images: give input=IMAGE, input=FOLDER or "
+                         "input=LIST.csv (a column of image paths, path_column=)")
+    pre = read_preprocessing(trained.run_dir)
+    paths = image_inputs(str(cfg.input), cfg.path_column)
+    index = 0
+    while chunk := list(islice(paths, batch_size)):
+        pixels = torch.stack([load_image_file(p, pre["channels"], pre["image_size"]) for p in chunk])
+        rows = [{"index": index + i, "path": str(p)} for i, p in enumerate(chunk)]
+        yield rows, {"index": torch.arange(index, index + len(chunk)), "pixels": pixels}
+        index += len(chunk)
