@@ -13,6 +13,7 @@ from bigmodel_cli.data.images import (
     decode_image,
     image_inputs,
     load_image_dataset,
+    load_image_file,
     pixel_stats,
     resize,
 )
@@ -99,6 +100,14 @@ def test_decode_resize_and_predict_inputs(tmp_path):
     assert [p.name for p in image_inputs(str(tmp_path), "path")] == ["a.png", "b.png"]
     with pytest.raises(UsageError, match="no column 'file'"):
         list(image_inputs(str(tmp_path / "list.csv"), "file"))
+    with pytest.raises(UsageError, match="no such file or folder"):
+        list(image_inputs(str(tmp_path / "nothing.png"), "path"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no image files in this folder"):
+        list(image_inputs(str(tmp_path / "empty"), "path"))
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(UsageError, match=r"bad\.png: not an image"):
+        load_image_file(tmp_path / "bad.png", 1, 28)
 
 
 def test_tensor_batches_protocol():
