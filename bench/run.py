@@ -2,7 +2,9 @@
 """Benchmarks for `bigmodel`: startup time, training figures against targets, engine overhead.
 
     python3 bench/run.py                           all (the full lstm run alone takes ~10 minutes)
-    python3 bench/run.py --only startup,overhead   a subset of: startup, overhead, fasttext, lstm
+    python3 bench/run.py --only startup,overhead   a subset of: startup, overhead, fasttext, lstm,
+                                                   sweep, resume, ddp, cnn_fashion, vit_fashion,
+                                                   cnn_digits, mlp_diabetes
     python3 bench/run.py --quick                   trainer=debug runs and 20-step loops: checks
                                                    this script; its figures are not comparable
 
@@ -28,7 +30,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "bench"
 WORK = OUT / "work"  # the commands run here, so their outputs/ land under outputs/bench/work
-SECTIONS = ("startup", "overhead", "fasttext", "lstm", "sweep", "resume", "ddp")
+SECTIONS = ("startup", "overhead", "fasttext", "lstm", "sweep", "resume", "ddp",
+            "cnn_fashion", "vit_fashion", "cnn_digits", "mlp_diabetes")
+# Images and tables: (finetune arguments, the test metric, its target, a wall-time target in
+# seconds or None). Wall time is the whole command: data loading, training, the test split.
+BEYOND_TEXT = {
+    "cnn_fashion": (["model=cnn", "data=fashion_mnist"], "accuracy", 0.92, 900.0),
+    "vit_fashion": (["model=vit", "data=fashion_mnist"], "accuracy", 0.88, None),
+    "cnn_digits": (["model=cnn", "data=digits"], "accuracy", 0.98, 60.0),
+    "mlp_diabetes": (["model=mlp", "data=diabetes"], "r2", 0.45, None),
+}
 STARTUP_RUNS = 5
 STARTUP = (("help", ["--help"], 0, 0.3),  # (key, arguments, expected exit code, target seconds)
            ("cfg_job", ["finetune", "--cfg", "job"], 0, 1.0),
@@ -100,6 +111,32 @@ def bench_training(cli: list[str], model: str, quick: bool) -> dict:
     ok = result["test_accuracy"] >= t["accuracy"] and result["train_time_s"] <= t["train_s"]
     name = f"test accuracy >= {t['accuracy']} with train time <= {t['train_s']:.0f} s"
     return {**result, "targets": {name: verdict(ok, quick)}}
+
+
+def bench_beyond_text(cli: list[str], name: str, quick: bool) -> dict:
+    """One image or tabular finetune run with its default settings: the test metric, wall time."""
+    extra, metric, target, wall_target = BEYOND_TEXT[name]
+    args = ["finetune", *extra, "trainer.progress=log"] + (["trainer=debug"] if quick else [])
+    stdout_file, log_file = WORK / f"{name}.stdout", WORK / f"{name}.log"
+    print(f"  running: bigmodel {' '.join(args)}  (log: {log_file})", flush=True)
+    with open(stdout_file, "w") as out, open(log_file, "w") as err:
+        code, wall, rss = run_child(cli + args, out, err)
+    result: dict = {"command": "bigmodel " + " ".join(args), "exit_code": code,
+                    "wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
+    lines = stdout_file.read_text().splitlines()
+    if code != 0 or not lines:
+        print("\n".join("    | " + line for line in log_file.read_text(errors="replace").splitlines()[-10:]))
+        return {**result, "error": f"exit code {code}; see {log_file}",
+                "targets": {"the run completes": "MISS"}}
+    m = json.loads((WORK / lines[-1].strip() / "metrics.json").read_text())
+    test = m["test"]
+    result.update(run_dir=str(WORK / lines[-1].strip()), metric=metric, test=test,
+                  best_validation=m["best_validation"], train_time_s=m["train_time_s"],
+                  total_time_s=m["total_time_s"], samples_per_s=m["samples_per_s"],
+                  parameters=m["parameters"], epochs=m["epochs"], steps=m["steps"])
+    ok = test[metric] >= target and (wall_target is None or wall <= wall_target)
+    label = f"test {metric} >= {target}" + (f" in <= {wall_target:.0f} s wall" if wall_target else "")
+    return {**result, "targets": {label: verdict(ok, quick)}}
 
 
 def bench_overhead(models: list[str], quick: bool) -> dict:
@@ -318,6 +355,19 @@ def markdown(report: dict) -> str:
         lines += ["## DDP on this CPU (torchrun, gloo)", "",
                   f"- 1 process: {one.get('samples_per_s', '-')} samples/s; 2 processes: "
                   f"{two.get('samples_per_s', '-')} samples/s (speed-up {d.get('speedup', '-')}x)", ""]
+    if beyond := [(n, report[n]) for n in BEYOND_TEXT if n in report]:
+        lines += ["## Images and tables (default settings)", "",
+                  "| command | test metric | RMSE | train s | wall s | samples/s | peak MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for _, r in beyond:
+            if "error" in r:
+                lines.append(f"| `{r['command']}` | error: {r['error']} | | | | | |")
+                continue
+            rmse = f"{r['test']['rmse']:.2f}" if "rmse" in r["test"] else "-"
+            lines.append(f"| `{r['command']}` | {r['metric']} {r['test'][r['metric']]:.4f} | {rmse} "
+                         f"| {r['train_time_s']:.1f} | {r['wall_s']:.1f} | {r['samples_per_s']:,.0f} "
+                         f"| {r['peak_rss_mib']:,} |")
+        lines.append("")
     lines += ["## Targets", ""] + [f"- {status}: {name}" for name, status in report["targets"].items()]
     return "\n".join(lines) + "\n"
 
@@ -350,6 +400,8 @@ def main() -> None:
             result = bench_startup(cli)
         elif section == "overhead":
             result = bench_overhead(["fasttext", "lstm"], args.quick)
+        elif section in BEYOND_TEXT:
+            result = bench_beyond_text(cli, section, args.quick)
         elif section in ("sweep", "resume", "ddp"):
             result = {"sweep": bench_sweep, "resume": bench_resume, "ddp": bench_ddp}[section](
                 cli, args.quick)

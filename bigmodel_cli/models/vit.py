@@ -19,8 +19,8 @@ class ViTEncoder(nn.Module):
     inputs = ("pixels",)
 
     def __init__(self, in_channels: int, image_size: int, mean: list[float], std: list[float],
-                 augment: dict | None = None, patch_size: int = 4, d_model: int = 128,
-                 n_layers: int = 4, n_heads: int = 4, d_ff: int = 256,
+                 augment: dict | None = None, patch_size: int = 4, d_model: int = 64,
+                 n_layers: int = 4, n_heads: int = 4, d_ff: int = 128,
                  dropout: float = 0.0) -> None:
         super().__init__()
         if image_size % patch_size:
