@@ -7,17 +7,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel_cli.errors import UsageError
-
 log = logging.getLogger("bigmodel")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-
     from bigmodel_cli.commands.common import load_run
-    from bigmodel_cli.data.batching import TextBatches
-    from bigmodel_cli.data.sources import load_text_dataset
-    from bigmodel_cli.data.text import encode_texts, to_tensors
+    from bigmodel_cli.data import kinds
     from bigmodel_cli.engine.runtime import select_device, versions
     from bigmodel_cli.engine.trainer import evaluate
     from bigmodel_cli.jsonfiles import write_json
@@ -30,38 +25,26 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if data_path is not None:
         data_cfg = OmegaConf.merge(data_cfg, {"path": data_path})
     # The same data selection as at training time, so a debug run's test subset is the same.
-    data = load_text_dataset(data_cfg, seed=train_cfg.seed, cache_dir=Path(cfg.cache_dir).expanduser(),
-                             max_train_samples=train_cfg.trainer.max_train_samples,
-                             max_eval_samples=train_cfg.trainer.max_eval_samples)
-    split = cfg.split or data_cfg.eval_split
-    if split not in data.splits:
-        if cfg.split is None and "validation" in data.splits:
-            log.warning("note: %s has no %s split; evaluating on validation", data_cfg.name, split)
-            split = "validation"
-        else:
-            raise UsageError(f"split={split}: the dataset has no such split "
-                             f"(it has {', '.join(data.splits)})")
-    elif cfg.split is None and split != "test":
-        log.info("note: %s has no labeled test split; evaluating on %s", data_cfg.name, split)
-    if data.label_names != trained.label_names:
-        raise UsageError(f"the labels of the data ({data.label_names}) differ from the run's "
-                         f"labels.json ({trained.label_names})")
-    ds = data.splits[split]
-    ids, _ = encode_texts(trained.tokenizer, ds["text"], trained.meta["max_length"])
-    batches = TextBatches(to_tensors(ids, ds["label"]), cfg.batch_size, shuffle=False)
-    num_labels = len(trained.label_names)
-    metrics_acc = trained.task.new_metrics(num_labels)
-    metrics = evaluate(trained.model, trained.task, batches, device, metrics_acc,
+    ctx = kinds.DataContext(seed=train_cfg.seed, cache_dir=Path(cfg.cache_dir).expanduser(),
+                            max_train_samples=train_cfg.trainer.max_train_samples,
+                            max_eval_samples=train_cfg.trainer.max_eval_samples)
+    data = kinds.module(data_cfg).eval_batches(trained, data_cfg, cfg.split, cfg.batch_size, ctx)
+    task = trained.task
+    metrics_acc = task.new_metrics(len(trained.label_names))
+    metrics = evaluate(trained.model, task, data.batches, device, metrics_acc,
                        precision=cfg.device.precision)
-    y_true, y_pred = metrics_acc.arrays()
-    per_class, confusion = _reports(y_true, y_pred, trained.label_names)
-
-    per_class.to_csv(run_dir / "per_class.csv", index=False)
-    confusion.to_csv(run_dir / "confusion_matrix.csv")
-    plot_confusion(confusion, run_dir / "plots" / "confusion_matrix.png",
-                   f"{data_cfg.name} {split}: accuracy {metrics['accuracy']:.4f}")
+    per_class = None
+    if task.name == "classification":
+        y_true, y_pred = metrics_acc.arrays()
+        per_class, confusion = _reports(y_true, y_pred, trained.label_names)
+        per_class.to_csv(run_dir / "per_class.csv", index=False)
+        confusion.to_csv(run_dir / "confusion_matrix.csv")
+        plot_confusion(confusion, run_dir / "plots" / "confusion_matrix.png",
+                       f"{data_cfg.name} {data.split}: accuracy {metrics['accuracy']:.4f}")
+    elif hasattr(task, "write_reports"):  # a task's own files (e.g. regression plots)
+        task.write_reports(metrics_acc, run_dir, f"{data_cfg.name} {data.split}")
     summary = {"command": "evaluate", "run": str(trained.run_dir), "checkpoint": str(trained.ckpt_dir),
-               "data": data_cfg.name, "split": split, "metrics": metrics,
+               "task": task.name, "data": data_cfg.name, "split": data.split, "metrics": metrics,
                "device": str(device), "versions": versions()}
     write_json(run_dir / "metrics.json", summary)
     _print(summary, per_class)
@@ -139,10 +122,12 @@ def _print(summary: dict, per_class) -> None:
     table = Table(title=f"{summary['data']} {summary['split']}: {m['samples']} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
-                "recall_weighted", "f1_weighted", "loss"):
-        table.add_row(key, f"{m[key]:.4f}")
+    for key, value in m.items():
+        if key != "samples":
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+    if per_class is None:
+        return
     classes = Table(title="per class")
     for col in per_class.columns:
         classes.add_column(col, justify="left" if col == "label" else "right")
