@@ -2,9 +2,8 @@
 """Benchmarks for `bigmodel`: startup time, training figures against targets, engine overhead.
 
     python3 bench/run.py                           all (the full lstm run alone takes ~10 minutes)
-    python3 bench/run.py --only startup,overhead   a subset of: startup, overhead, fasttext, lstm,
-                                                   sweep, resume, ddp, cnn_fashion, vit_fashion,
-                                                   cnn_digits, mlp_diabetes
+    python3 bench/run.py --only startup,overhead   a subset of SECTIONS (below), e.g. cnn_fashion,
+                                                   vit_fashion, cnn_digits, mlp_diabetes
     python3 bench/run.py --quick                   trainer=debug runs and 20-step loops: checks
                                                    this script; its figures are not comparable
 
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "bench"
 WORK = OUT / "work"  # the commands run here, so their outputs/ land under outputs/bench/work
 SECTIONS = ("startup", "overhead", "fasttext", "lstm", "sweep", "resume", "ddp",
-            "cnn_fashion", "vit_fashion", "cnn_digits", "mlp_diabetes")
+            "transfer", "gpt", "hf", "cnn_fashion", "vit_fashion", "cnn_digits", "mlp_diabetes")
 # Images and tables: (finetune arguments, the test metric, its target, a wall-time target in
 # seconds or None). Wall time is the whole command: data loading, training, the test split.
 BEYOND_TEXT = {
@@ -49,6 +48,23 @@ TRAIN_TARGETS = {"fasttext": {"accuracy": 0.920, "train_s": 120.0},
                  "lstm": {"accuracy": 0.905, "train_s": 600.0}}
 OVERHEAD_STEPS = {"fasttext": 500, "lstm": 300}  # optimizer steps per loop (less than one epoch)
 QUICK_STEPS = 20
+# Transfer: MLM pretraining on the unlabeled headlines for a fixed number of steps, then a
+# 1% labeled subset (1,800 headlines, stratified, seeded) finetuned from scratch and from the
+# pretrained weights: same model size, same steps, SEEDS seeds each.
+PRETRAIN_BERT = ["pretrain", "model=bert", "data=news_corpus", "trainer.max_steps=1000",
+                 "trainer.eval_every_steps=500", "trainer.batch_size=128"]
+FINETUNE_1PCT = ["finetune", "model=bert", "data=news", "trainer.max_train_samples=1800",
+                 "trainer.epochs=4", "trainer.batch_size=32"]
+SEEDS = (1, 2, 3)
+TRANSFER_GAIN = 0.05   # pretrained beats scratch by at least 5 points on every seed
+# Character-level GPT on Tiny Shakespeare (a small GPT: 4 layers, d_model 128, 128-char blocks).
+PRETRAIN_GPT = ["pretrain", "model=gpt", "data=tinyshakespeare", "data.max_length=128",
+                "model.d_model=128", "model.d_ff=512", "model.max_len=129",
+                "trainer.batch_size=32", "trainer.max_steps=600", "trainer.eval_every_steps=200"]
+# all-MiniLM-L6-v2 (model=hf) finetuned on 20,000 SST-2 sentences for one epoch.
+FINETUNE_HF = ["finetune", "model=hf", "data=sst2", "trainer.max_train_samples=20000",
+               "trainer.epochs=1", "trainer.batch_size=32", "trainer.eval_every_steps=200"]
+HF_TARGET = 0.85
 
 
 def bigmodel_command() -> list[str]:
@@ -113,28 +129,95 @@ def bench_training(cli: list[str], model: str, quick: bool) -> dict:
     return {**result, "targets": {name: verdict(ok, quick)}}
 
 
-def bench_beyond_text(cli: list[str], name: str, quick: bool) -> dict:
-    """One image or tabular finetune run with its default settings: the test metric, wall time."""
-    extra, metric, target, wall_target = BEYOND_TEXT[name]
-    args = ["finetune", *extra, "trainer.progress=log"] + (["trainer=debug"] if quick else [])
+def run_bigmodel(cli: list[str], args: list[str], name: str) -> dict:
+    """Run `bigmodel ARGS`; returns its metrics.json (+ wall_s, run_dir), or {"error": ...}."""
     stdout_file, log_file = WORK / f"{name}.stdout", WORK / f"{name}.log"
     print(f"  running: bigmodel {' '.join(args)}  (log: {log_file})", flush=True)
     with open(stdout_file, "w") as out, open(log_file, "w") as err:
         code, wall, rss = run_child(cli + args, out, err)
-    result: dict = {"command": "bigmodel " + " ".join(args), "exit_code": code,
-                    "wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
     lines = stdout_file.read_text().splitlines()
     if code != 0 or not lines:
         print("\n".join("    | " + line for line in log_file.read_text(errors="replace").splitlines()[-10:]))
-        return {**result, "error": f"exit code {code}; see {log_file}",
-                "targets": {"the run completes": "MISS"}}
-    m = json.loads((WORK / lines[-1].strip() / "metrics.json").read_text())
+        return {"command": "bigmodel " + " ".join(args), "error": f"exit code {code}; see {log_file}"}
+    run_dir = WORK / lines[-1].strip()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {**metrics, "command": "bigmodel " + " ".join(args), "run_dir": str(run_dir),
+            "wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
+
+
+def _lm_figures(m: dict) -> dict:
+    best = m.get("best_validation") or {}
+    return {"command": m["command"], "validation_loss": best.get("loss"),
+            "validation_perplexity": best.get("perplexity"),
+            "test_perplexity": (m.get("test") or {}).get("perplexity"),
+            "tokens_per_s": m.get("tokens_per_s"), "steps": m.get("steps"),
+            "train_time_s": m.get("train_time_s"), "wall_s": m.get("wall_s"),
+            "parameters": m.get("parameters"), "run_dir": m.get("run_dir")}
+
+
+def bench_transfer(cli: list[str], quick: bool) -> dict:
+    """The transfer gain: 1%-label finetuning from scratch vs from an MLM-pretrained BERT."""
+    tiny = ["model=bert_tiny", "trainer.max_steps=30", "trainer.max_eval_samples=300"] if quick else []
+    pre = run_bigmodel(cli, PRETRAIN_BERT + tiny, "pretrain_bert")
+    if "error" in pre:
+        return {"pretrain": pre, "targets": {"the pretrain run completes": "MISS"}}
+    result: dict = {"pretrain": _lm_figures(pre), "scratch": {}, "pretrained": {}}
+    tiny = ["model=bert_tiny", "trainer.epochs=1", "trainer.max_eval_samples=300"] if quick else []
+    for seed in SEEDS:
+        for kind, extra in (("scratch", []), ("pretrained", [f"model.init_from={pre['run_dir']}"])):
+            m = run_bigmodel(cli, FINETUNE_1PCT + tiny + [f"seed={seed}", *extra], f"{kind}_{seed}")
+            result[kind][seed] = m.get("test", {}).get("accuracy") if "error" not in m else None
+            result.setdefault("commands", {})[kind] = " ".join(
+                ["bigmodel", *FINETUNE_1PCT, *tiny, "seed=S", *extra])
+            result.setdefault("train_time_s", {})[f"{kind}_{seed}"] = m.get("train_time_s")
+    for kind in ("scratch", "pretrained"):
+        values = [v for v in result[kind].values() if v is not None]
+        result[f"{kind}_mean"] = round(statistics.mean(values), 4) if values else None
+        result[f"{kind}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else None
+    gains = [result["pretrained"][s] - result["scratch"][s] for s in SEEDS
+             if result["pretrained"][s] is not None and result["scratch"][s] is not None]
+    result["gains"] = [round(g, 4) for g in gains]
+    ok = len(gains) == len(SEEDS) and min(gains) >= TRANSFER_GAIN
+    return {**result, "targets": {f"pretrained beats scratch by >= {TRANSFER_GAIN:.0%} "
+                                  "on every seed (1% of THUCNews labels)": verdict(ok, quick)}}
+
+
+def bench_gpt(cli: list[str], quick: bool) -> dict:
+    tiny = ["model=gpt_tiny", "model.max_len=129", "trainer.max_steps=20"] if quick else []
+    m = run_bigmodel(cli, PRETRAIN_GPT + tiny, "pretrain_gpt")
+    if "error" in m:
+        return {**m, "targets": {"the run completes": "MISS"}}
+    return _lm_figures(m)
+
+
+def bench_hf(cli: list[str], quick: bool) -> dict:
+    tiny = ["trainer.max_train_samples=200", "trainer.max_steps=5"] if quick else []
+    m = run_bigmodel(cli, FINETUNE_HF + tiny, "hf_sst2")
+    if "error" in m:
+        return {**m, "targets": {"the run completes": "MISS"}}
+    acc = m["best_validation"]["accuracy"]
+    return {"command": m["command"], "validation_accuracy": acc,
+            "train_time_s": m["train_time_s"], "wall_s": m["wall_s"],
+            "samples_per_s": m["samples_per_s"], "parameters": m["parameters"],
+            "targets": {f"MiniLM on SST-2: validation accuracy >= {HF_TARGET}":
+                        verdict(acc >= HF_TARGET and m["wall_s"] <= 900, quick)}}
+
+
+def bench_beyond_text(cli: list[str], name: str, quick: bool) -> dict:
+    """One image or tabular finetune run with its default settings: the test metric, wall time."""
+    extra, metric, target, wall_target = BEYOND_TEXT[name]
+    args = ["finetune", *extra, "trainer.progress=log"] + (["trainer=debug"] if quick else [])
+    m = run_bigmodel(cli, args, name)
+    if "error" in m:
+        return {**m, "targets": {"the run completes": "MISS"}}
     test = m["test"]
-    result.update(run_dir=str(WORK / lines[-1].strip()), metric=metric, test=test,
-                  best_validation=m["best_validation"], train_time_s=m["train_time_s"],
-                  total_time_s=m["total_time_s"], samples_per_s=m["samples_per_s"],
-                  parameters=m["parameters"], epochs=m["epochs"], steps=m["steps"])
-    ok = test[metric] >= target and (wall_target is None or wall <= wall_target)
+    result = {"command": m["command"], "metric": metric, "test": test,
+              "best_validation": m["best_validation"], "train_time_s": m["train_time_s"],
+              "total_time_s": m["total_time_s"], "wall_s": m["wall_s"],
+              "samples_per_s": m["samples_per_s"], "peak_rss_mib": m["peak_rss_mib"],
+              "parameters": m["parameters"], "epochs": m["epochs"], "steps": m["steps"],
+              "run_dir": m["run_dir"]}
+    ok = test[metric] >= target and (wall_target is None or m["wall_s"] <= wall_target)
     label = f"test {metric} >= {target}" + (f" in <= {wall_target:.0f} s wall" if wall_target else "")
     return {**result, "targets": {label: verdict(ok, quick)}}
 
@@ -355,6 +438,27 @@ def markdown(report: dict) -> str:
         lines += ["## DDP on this CPU (torchrun, gloo)", "",
                   f"- 1 process: {one.get('samples_per_s', '-')} samples/s; 2 processes: "
                   f"{two.get('samples_per_s', '-')} samples/s (speed-up {d.get('speedup', '-')}x)", ""]
+    if t := report.get("transfer"):
+        p = t["pretrain"]
+        lines += ["## Pretraining and transfer (BERT, THUCNews headlines)", "",
+                  f"- MLM pretraining: `{p['command']}`: {p.get('steps')} steps in "
+                  f"{p.get('train_time_s')} s, {p.get('tokens_per_s')} tokens/s; validation "
+                  f"perplexity {p.get('validation_perplexity')}, test {p.get('test_perplexity')}"]
+        if "scratch" in t:
+            for kind in ("scratch", "pretrained"):
+                lines.append(f"- {kind}: test accuracy {t[kind + '_mean']} ± {t[kind + '_std']} "
+                             f"(seeds: {t[kind]}); `{t['commands'][kind]}`")
+            lines.append(f"- gain per seed: {t['gains']}")
+        lines.append("")
+    if g := report.get("gpt"):
+        lines += ["## Character-level GPT on Tiny Shakespeare", "",
+                  f"- `{g['command']}`: validation loss {g.get('validation_loss')}, perplexity "
+                  f"{g.get('validation_perplexity')}; {g.get('tokens_per_s')} tokens/s, "
+                  f"{g.get('train_time_s')} s", ""]
+    if h := report.get("hf"):
+        lines += ["## all-MiniLM-L6-v2 (model=hf) on SST-2", "",
+                  f"- `{h['command']}`: validation accuracy {h.get('validation_accuracy')}, "
+                  f"train {h.get('train_time_s')} s, wall {h.get('wall_s')} s", ""]
     if beyond := [(n, report[n]) for n in BEYOND_TEXT if n in report]:
         lines += ["## Images and tables (default settings)", "",
                   "| command | test metric | RMSE | train s | wall s | samples/s | peak MiB |",
@@ -402,8 +506,9 @@ def main() -> None:
             result = bench_overhead(["fasttext", "lstm"], args.quick)
         elif section in BEYOND_TEXT:
             result = bench_beyond_text(cli, section, args.quick)
-        elif section in ("sweep", "resume", "ddp"):
-            result = {"sweep": bench_sweep, "resume": bench_resume, "ddp": bench_ddp}[section](
+        elif section in ("sweep", "resume", "ddp", "transfer", "gpt", "hf"):
+            result = {"sweep": bench_sweep, "resume": bench_resume, "ddp": bench_ddp,
+                      "transfer": bench_transfer, "gpt": bench_gpt, "hf": bench_hf}[section](
                 cli, args.quick)
         else:
             result = bench_training(cli, section, args.quick)
@@ -412,6 +517,16 @@ def main() -> None:
         report["targets"].update({prefix + k: v for k, v in result.get("targets", {}).items()})
         for name, status in result.get("targets", {}).items():
             print(f"  {status}: {name}")
+    previous = OUT / "report.json"
+    if previous.is_file() and not args.quick:  # keep the sections this run did not measure
+        old = json.loads(previous.read_text())
+        if not old.get("quick"):
+            for section in SECTIONS:
+                if section in old and section not in report:
+                    report[section] = old[section]
+                    prefix = "" if section in ("startup", "overhead") else f"{section}: "
+                    for name, status in old[section].get("targets", {}).items():
+                        report["targets"].setdefault(prefix + name, status)
     (OUT / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (OUT / "report.md").write_text(markdown(report))
     print("\n" + markdown(report) + f"\nwritten: {OUT / 'report.md'} and {OUT / 'report.json'}")

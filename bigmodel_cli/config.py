@@ -91,10 +91,11 @@ def validate(cfg: DictConfig, command: str) -> None:
     overrides = [f"{group}={choice}" for group, choice in choices.items()
                  if not group.startswith("hydra") and choice is not None]
     defaults = compose(config_name=command, overrides=overrides)
-    errors = type_errors(
-        OmegaConf.to_container(cfg, resolve=False),
-        OmegaConf.to_container(defaults, resolve=False),
-    )
+    try:  # a default given by interpolation (optimizer.lr: ${...model.lr...}) has the type
+        expected = OmegaConf.to_container(defaults, resolve=True)  # of what it resolves to
+    except Exception:
+        expected = OmegaConf.to_container(defaults, resolve=False)
+    errors = type_errors(OmegaConf.to_container(cfg, resolve=False), expected)
     if errors:
         raise UsageError("invalid config value" + ("s" if len(errors) > 1 else "") + ":\n  "
                          + "\n  ".join(errors))

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from bigmodel_cli.config import conf_dir
 
 CONF = Path(conf_dir())
-PRIMARY = ("finetune", "evaluate", "predict")
+PRIMARY = ("pretrain", "finetune", "evaluate", "predict")
 ALL_YAML = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
 GROUP_OPTIONS = sorted(
     (p.parent.relative_to(CONF).as_posix(), p.stem)
@@ -43,27 +43,56 @@ def test_primary_configs_compose(name):
     logging_cfg = OmegaConf.to_container(cfg.hydra.job_logging, resolve=False)
     assert logging_cfg["handlers"]["file"]["filename"].endswith("/${hydra.job.name}.log")
     assert "Configuration groups" in cfg.hydra.help.template
-    assert OmegaConf.is_missing(cfg, "run") if name != "finetune" else cfg.model
+    assert OmegaConf.is_missing(cfg, "run") if name in ("evaluate", "predict") else cfg.model
+
+
+# Options that only fit one kind of data, and the model and data each kind is tried with.
+KIND_OF = {("model", "cnn"): "image", ("model", "vit"): "image", ("model", "mlp"): "tabular",
+           ("task", "regression"): "tabular"}
+KIND_DEFAULTS = {"image": {"model": "cnn", "data": "digits"},
+                 "tabular": {"model": "mlp", "data": "diabetes"}}
+MODEL_ARGS = {"text": {"vocab_size": 50, "padding_idx": 0},
+              "image": {"in_channels": 1, "image_size": 8, "mean": [0.5], "std": [0.25],
+                        "augment": {"crop_padding": 1, "hflip": True, "erasing": 0.5}},
+              "tabular": {"num_features": 4}}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_group_option_composes_and_instantiates(group, option):
-    cfg = _compose("finetune", [f"{group}={option}"])
+    """Each option composes, builds, and takes one optimizer step through its task."""
+    from bigmodel_cli.commands.transfer import model_config
+
+    if (group, option) == ("model", "hf"):
+        pytest.importorskip("transformers")
+    # A language-model task needs a transformer; image and tabular options get a model and
+    # data of their kind; every other option fits finetune's defaults.
+    command, extra = ("pretrain", ["model=bert_tiny"]) if (group, option) == ("task", "lm") \
+        else ("finetune", [])
+    kind = KIND_OF.get((group, option)) or _compose("finetune", [f"{group}={option}"]).data.kind
+    extra += [f"{g}={o}" for g, o in KIND_DEFAULTS.get(kind, {}).items() if g != group]
+    cfg = _compose(command, [*extra, f"{group}={option}"])
     node = OmegaConf.select(cfg, group.replace("/", "."))
-    assert node is not None
-    model = instantiate(cfg.model, vocab_size=50, padding_idx=0)
+    assert node is not None and cfg.data.kind == kind
+    model = instantiate(model_config(cfg, None), **MODEL_ARGS[kind])
     task = instantiate(cfg.task)
-    classifier = task.build_model(model, 3)
-    optimizer = instantiate(cfg.optimizer)(classifier.parameters() if not getattr(
-        model, "embedding", None) or not getattr(model.embedding, "sparse", False)
-        else classifier.head.parameters())
+    full = task.build_model(model, 3)
+    sparse = getattr(getattr(model, "embedding", None), "sparse", False)
+    optimizer = instantiate(cfg.optimizer)(full.head.parameters() if sparse else full.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=10)
-    ids = torch.randint(1, 50, (2, 5))
-    logits = classifier(ids, torch.tensor([5, 3]))
-    assert logits.shape == (2, 3)
+    batch = {"index": torch.arange(2), "input_ids": torch.randint(5, 50, (2, 6)),
+             "lengths": torch.tensor([6, 4]), "pixels": torch.randint(0, 256, (2, 1, 8, 8)).byte(),
+             "features": torch.randn(2, 4), "labels": torch.tensor([0, 2]),
+             "targets": torch.randn(2, 3)}
+    outputs = task.forward(full, batch)
+    if task.name == "classification":
+        assert outputs.shape == (2, 3)
+    task.loss(outputs, batch).backward()
     optimizer.step()
     scheduler.step()
-    for key in ("name", "files", "text_column", "label_column", "max_length", "tokenizer"):
+    keys = {"text": ("name", "files", "text_column", "label_column", "max_length", "tokenizer"),
+            "image": ("name", "loader", "channels", "image_size", "augment", "eval_split"),
+            "tabular": ("name", "loader", "target", "features", "categorical", "eval_split")}
+    for key in keys[kind]:
         assert key in cfg.data
 
 

@@ -64,7 +64,7 @@ def load_run(run: str, ckpt: str, device) -> TrainedRun:
         if not needed.is_file():
             raise UsageError(f"run={run}: incomplete run directory, {needed.name} is missing "
                              f"(looked for {needed})")
-    model, task = build_model(meta)
+    model, task = build_model(meta, run_dir)
     load_weights(model, ckpt_dir)
     model.to(device).eval()
     try:

@@ -11,7 +11,6 @@ log = logging.getLogger("bigmodel")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-
     from bigmodel_cli.commands.common import load_run
     from bigmodel_cli.data import kinds
     from bigmodel_cli.engine.runtime import select_device, versions
@@ -30,26 +29,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                             max_train_samples=train_cfg.trainer.max_train_samples,
                             max_eval_samples=train_cfg.trainer.max_eval_samples)
     data = kinds.module(data_cfg).eval_batches(trained, data_cfg, cfg.split, cfg.batch_size, ctx)
-    split = data.split
-    num_labels = len(trained.label_names)
-    metrics_acc = trained.task.new_metrics(num_labels)
-    metrics = evaluate(trained.model, trained.task, data.batches, device, metrics_acc,
+    task = trained.task
+    metrics_acc = task.new_metrics(len(trained.label_names))
+    metrics = evaluate(trained.model, task, data.batches, device, metrics_acc,
                        precision=cfg.device.precision)
     per_class = None
-    if trained.task.name == "classification":
+    if task.name == "classification":
         y_true, y_pred = metrics_acc.arrays()
         per_class, confusion = _reports(y_true, y_pred, trained.label_names)
         per_class.to_csv(run_dir / "per_class.csv", index=False)
         confusion.to_csv(run_dir / "confusion_matrix.csv")
         plot_confusion(confusion, run_dir / "plots" / "confusion_matrix.png",
-                       f"{data_cfg.name} {split}: accuracy {metrics['accuracy']:.4f}")
-    elif trained.task.name == "regression":
-        y_true, y_pred = metrics_acc.arrays()
-        _write_predictions(y_true, y_pred, trained.label_names, run_dir / "predictions.csv")
-        plot_scatter(y_true, y_pred, trained.label_names, run_dir / "plots" / "predicted_vs_true.png",
-                     f"{data_cfg.name} {split}: R² {metrics['r2']:.4f}, RMSE {metrics['rmse']:.4g}")
+                       f"{data_cfg.name} {data.split}: accuracy {metrics['accuracy']:.4f}")
+    elif hasattr(task, "write_reports"):  # a task's own files (e.g. regression plots)
+        task.write_reports(metrics_acc, run_dir, f"{data_cfg.name} {data.split}")
     summary = {"command": "evaluate", "run": str(trained.run_dir), "checkpoint": str(trained.ckpt_dir),
-               "data": data_cfg.name, "split": split, "task": trained.task.name, "metrics": metrics,
+               "task": task.name, "data": data_cfg.name, "split": data.split, "metrics": metrics,
                "device": str(device), "versions": versions()}
     write_json(run_dir / "metrics.json", summary)
     _print(summary, per_class)
@@ -118,43 +113,6 @@ def plot_confusion(confusion, path: Path, title: str) -> None:
         plt.close(fig)
 
 
-def _write_predictions(y_true, y_pred, names: list[str], path: Path) -> None:
-    import pandas as pd
-
-    columns = {}
-    for j, name in enumerate(names):
-        columns[f"{name}_true"] = y_true[:, j]
-        columns[f"{name}_predicted"] = y_pred[:, j]
-    pd.DataFrame(columns).to_csv(path, index=False)
-
-
-def plot_scatter(y_true, y_pred, names: list[str], path: Path, title: str) -> None:
-    """Predicted against true values (one panel per target), with the y = x line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 5), squeeze=False)
-    for j, (ax, name) in enumerate(zip(axes[0], names)):
-        t, p = y_true[:, j], y_pred[:, j]
-        low, high = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
-        ax.scatter(t, p, s=12, alpha=0.6)
-        ax.plot([low, high], [low, high], color="grey", linewidth=1)
-        ax.set_xlabel(f"true {name}")
-        ax.set_ylabel(f"predicted {name}")
-    axes[0][0].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-METRIC_KEYS = {"classification": ("accuracy", "precision_macro", "recall_macro", "f1_macro",
-                                  "precision_weighted", "recall_weighted", "f1_weighted", "loss"),
-               "regression": ("r2", "rmse", "mae", "mse", "loss")}
-
-
 def _print(summary: dict, per_class) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -164,8 +122,9 @@ def _print(summary: dict, per_class) -> None:
     table = Table(title=f"{summary['data']} {summary['split']}: {m['samples']} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in METRIC_KEYS.get(summary["task"], tuple(k for k in m if k != "samples")):
-        table.add_row(key, f"{m[key]:.4f}")
+    for key, value in m.items():
+        if key != "samples":
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     if per_class is None:
         return

@@ -1,4 +1,7 @@
-"""bigmodel predict: labels for raw text (or images, or table rows) from a trained run, as JSON lines.
+"""bigmodel predict: what a trained run makes of raw text, as JSON lines.
+
+A classification run gives labels; a causal-LM (GPT) pretrain run continues each prompt
+(sampled text, streamed); a masked-LM (BERT) pretrain run fills each [MASK].
 
 Inputs: `text=` (one or a list), `input=FILE` (.txt one text per line; .csv/.tsv/.jsonl/
 .parquet with `text_column`), or `input=-` for standard input (one text per line).
@@ -32,10 +35,14 @@ log = logging.getLogger("bigmodel")
 
 def iter_inputs(cfg: DictConfig, stats: dict) -> Iterator[tuple[int, str]]:
     """(index, text) for every non-empty input text, lazily."""
-    if (cfg.text is None) == (cfg.input is None):
-        raise UsageError("give exactly one of text=\"...\" (or text='[a,b]'), input=FILE or input=-")
-    if cfg.text is not None:
-        texts = list(cfg.text) if isinstance(cfg.text, (list, ListConfig)) else [cfg.text]
+    given = cfg.text if cfg.text is not None else cfg.prompt  # prompt=: the same, for generation
+    if cfg.text is not None and cfg.prompt is not None:
+        raise UsageError("give text= or prompt=, not both")
+    if (given is None) == (cfg.input is None):
+        raise UsageError("give exactly one of text=\"...\" (or text='[a,b]'), prompt=\"...\" "
+                         "(generation), input=FILE or input=-")
+    if given is not None:
+        texts = list(given) if isinstance(given, (list, ListConfig)) else [given]
         yield from _numbered((str(t) for t in texts), stats)
         return
     if cfg.input == "-":
@@ -102,16 +109,19 @@ def _numbered(texts, stats: dict) -> Iterator[tuple[int, str]]:
             stats["empty"] += 1
 
 
+DEFAULT_TOP_K = {"classification": 3, "clm": 50, "mlm": 5}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    import torch
-
     from bigmodel_cli.commands.common import load_run
-    from bigmodel_cli.data.text import encode_texts, to_tensors
     from bigmodel_cli.engine.runtime import select_device
-    from bigmodel_cli.engine.trainer import autocast
 
-    if cfg.top_k < 1:
-        raise UsageError(f"top_k={cfg.top_k}: must be at least 1")
+    top_k = cfg.top_k
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise UsageError(f"top_k={top_k}: must be a whole number (at least 1; 0 for generation: "
+                         "sample from every token)")
+    if cfg.format not in (None, "jsonl", "text"):
+        raise UsageError(f"format={cfg.format}: must be jsonl or text")
     if _data_kind(cfg) != "text":
         return _predict_batches(cfg)
     stats = {"empty": 0, "truncated": 0, "predicted": 0}
@@ -119,42 +129,179 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     first = list(islice(inputs, 1))  # input errors surface before the model loads
     device = select_device(cfg.device.name, cfg.device.threads)
     trained = load_run(cfg.run, cfg.ckpt, device)
-    names = trained.label_names
-    k = min(cfg.top_k, len(names))
-    max_length = trained.meta["max_length"]
+    name = trained.task.name
+    handlers = {"classification": _classify, "clm": _generate, "mlm": _fill_mask}
+    if name not in handlers:
+        raise UsageError(f"predict does not support {name} runs")
+    k = DEFAULT_TOP_K[name] if top_k is None else top_k
+    if k < 1 and name != "clm":
+        raise UsageError(f"top_k={k}: must be at least 1")
     with ExitStack() as stack:
         out = sys.stdout
         if cfg.output:
             out_path = Path(cfg.output).expanduser()
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out = stack.enter_context(open(out_path, "w", encoding="utf-8"))
-        chunk = first + list(islice(inputs, cfg.batch_size - 1)) if first else []
-        while chunk:
-            indices = [i for i, _ in chunk]
-            ids, truncated = encode_texts(trained.tokenizer, [t for _, t in chunk], max_length)
-            stats["truncated"] += truncated
-            batch = to_tensors(ids)
-            with torch.inference_mode(), autocast(device, cfg.device.precision):
-                logits = trained.task.forward(
-                    trained.model, {"input_ids": batch.input_ids.to(device),
-                                    "lengths": batch.lengths.to(device)})
-                probs = torch.softmax(logits.float(), dim=-1).cpu()
-            top_p, top_i = probs.topk(k, dim=-1)
-            for index, p_row, i_row in zip(indices, top_p.tolist(), top_i.tolist()):
-                out.write(json.dumps({
-                    "index": index, "label": names[i_row[0]], "label_id": i_row[0],
-                    "top_k": [{"label": names[i], "prob": round(p, 6)} for p, i in zip(p_row, i_row)],
-                }, ensure_ascii=False) + "\n")
-            out.flush()
-            stats["predicted"] += len(chunk)
-            chunk = list(islice(inputs, cfg.batch_size))
+        handlers[name](cfg, trained, _chunks(first, inputs, cfg.batch_size), out, stats, device, k)
     if stats["empty"]:
         log.info("note: skipped %d empty input line(s)", stats["empty"])
     if stats["truncated"]:
-        log.info("note: %d text(s) longer than %d tokens were truncated", stats["truncated"], max_length)
-    log.info("predicted %d text(s)%s", stats["predicted"],
-             f" -> {cfg.output}" if cfg.output else "")
+        log.info("note: %d text(s) longer than the run's data.max_length were truncated",
+                 stats["truncated"])
+    log.info("predicted %d input(s)%s", stats["predicted"], f" -> {cfg.output}" if cfg.output else "")
     return stats
+
+
+def _chunks(first: list, inputs: Iterator, size: int) -> Iterator[list[tuple[int, str]]]:
+    chunk = first + list(islice(inputs, size - 1)) if first else []
+    while chunk:
+        yield chunk
+        chunk = list(islice(inputs, size))
+
+
+def _write(out, record: dict) -> None:
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _classify(cfg, trained, chunks, out, stats, device, k: int) -> None:
+    """{"index", "label", "label_id", "top_k": [{"label", "prob"}]} per text."""
+    import torch
+
+    from bigmodel_cli.data.text import encode_texts, to_tensors
+    from bigmodel_cli.data.text_kind import encoding_of
+    from bigmodel_cli.engine.trainer import autocast
+
+    names = trained.label_names
+    k = min(k, len(names))
+    encoding = encoding_of(trained.meta)
+    for chunk in chunks:
+        indices = [i for i, _ in chunk]
+        ids, truncated = encode_texts(trained.tokenizer, [t for _, t in chunk],
+                                      encoding["max_length"], encoding["add_special_tokens"])
+        stats["truncated"] += truncated
+        batch = to_tensors(ids)
+        with torch.inference_mode(), autocast(device, cfg.device.precision):
+            logits = trained.task.forward(
+                trained.model, {"input_ids": batch.input_ids.to(device),
+                                "lengths": batch.lengths.to(device)})
+            probs = torch.softmax(logits.float(), dim=-1).cpu()
+        top_p, top_i = probs.topk(k, dim=-1)
+        for index, p_row, i_row in zip(indices, top_p.tolist(), top_i.tolist()):
+            _write(out, {"index": index, "label": names[i_row[0]], "label_id": i_row[0],
+                         "top_k": [{"label": names[i], "prob": round(p, 6)}
+                                   for p, i in zip(p_row, i_row)]})
+        out.flush()
+        stats["predicted"] += len(chunk)
+
+
+def _generate(cfg, trained, chunks, out, stats, device, k: int) -> None:
+    """Sample `max_new_tokens` after each prompt. format=text (the default here) streams the
+    text as it is generated; jsonl writes {"index", "prompt", "generated"} per prompt. Each
+    prompt's sampling is seeded by `seed` and its index: the same command, the same text."""
+    import torch
+
+    from bigmodel_cli.data.text import encode_texts
+    from bigmodel_cli.engine.trainer import autocast
+
+    if cfg.max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens={cfg.max_new_tokens}: must be at least 1")
+    if cfg.temperature < 0:
+        raise UsageError(f"temperature={cfg.temperature}: must be 0 (greedy) or more")
+    as_text = (cfg.format or "text") == "text"
+    model, tokenizer = trained.model, trained.tokenizer
+    window = model.encoder.max_len
+    for chunk in chunks:
+        for index, prompt in chunk:
+            ids, _ = encode_texts(tokenizer, [prompt], None)
+            ids = ids[0]
+            generator = torch.Generator(device=device).manual_seed(int(cfg.seed) * 1_000_003 + index)
+            shown = ""
+            if as_text:
+                if index and stats["predicted"]:
+                    out.write("\n\n")
+                out.write(prompt)
+            new: list[int] = []
+            for _ in range(cfg.max_new_tokens):
+                context = torch.tensor([(ids + new)[-window:]], device=device)
+                with torch.inference_mode(), autocast(device, cfg.device.precision):
+                    logits = model(context, torch.tensor([context.shape[1]], device=device))
+                new.append(sample(logits[0, -1].float(), cfg.temperature, k, generator))
+                if as_text:  # print what the new token adds to the decoded text
+                    text = tokenizer.decode(new)
+                    if text.startswith(shown):
+                        out.write(text[len(shown):])
+                        out.flush()
+                        shown = text
+            generated = tokenizer.decode(new)
+            if as_text:
+                out.write(generated[len(shown):] + ("\n" if not generated.endswith("\n") else ""))
+            else:
+                _write(out, {"index": index, "prompt": prompt, "generated": generated})
+            out.flush()
+            stats["predicted"] += 1
+
+
+def sample(logits, temperature: float, top_k: int, generator) -> int:
+    """The next token: greedy at temperature 0, else drawn from softmax(logits / T) over the
+    top_k most likely tokens (0: all). Special tokens are never generated but [SEP], which
+    ends a text."""
+    import torch
+
+    from bigmodel_cli.tasks.language_model import SEP_ID
+
+    logits = logits.clone()
+    logits[:SEP_ID] = float("-inf")
+    logits[SEP_ID + 1:SEP_ID + 2] = float("-inf")  # [MASK]
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[0]:
+        kth = logits.topk(top_k).values[-1]
+        logits[logits < kth] = float("-inf")
+    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+
+
+def _fill_mask(cfg, trained, chunks, out, stats, device, k: int) -> None:
+    """{"index", "text", "filled", "masks": [{"position", "fills": [{"token", "prob"}]}]}:
+    the k most likely tokens at each [MASK] of the text (special tokens excluded)."""
+    import torch
+
+    from bigmodel_cli.data.text import MASK, encode_texts, to_tensors
+    from bigmodel_cli.data.text_kind import encoding_of
+    from bigmodel_cli.engine.trainer import autocast
+    from bigmodel_cli.tasks.language_model import MASK_ID
+
+    tokenizer = trained.tokenizer
+    limit = encoding_of(trained.meta)["max_length"]
+    for chunk in chunks:
+        ids, truncated = encode_texts(tokenizer, [t for _, t in chunk], limit)
+        stats["truncated"] += truncated
+        for (index, text), row in zip(chunk, ids):
+            if MASK_ID not in row:
+                raise UsageError(f"input {index}: no {MASK} in {text!r}; mark each token to "
+                                 f"fill with {MASK}")
+        batch = to_tensors(ids)
+        positions = batch.input_ids == MASK_ID
+        with torch.inference_mode(), autocast(device, cfg.device.precision):
+            logits = trained.model(batch.input_ids.to(device), batch.lengths.to(device),
+                                   positions.to(device)).float()
+            logits[:, :MASK_ID + 1] = float("-inf")
+            probs = torch.softmax(logits, -1).cpu()
+        top_p, top_i = probs.topk(min(k, probs.shape[-1]), -1)
+        rows = positions.nonzero().tolist()
+        masks_of: dict[int, list] = {}
+        for (row, pos), p_row, i_row in zip(rows, top_p.tolist(), top_i.tolist()):
+            masks_of.setdefault(row, []).append(
+                {"position": pos, "fills": [{"token": tokenizer.id_to_token(i), "prob": round(p, 6)}
+                                            for p, i in zip(p_row, i_row)]})
+        for row, (index, text) in enumerate(chunk):
+            filled = text  # each [MASK] of the text replaced by its most likely fill
+            for m in masks_of[row]:
+                filled = filled.replace(MASK, m["fills"][0]["token"].removeprefix("##"), 1)
+            _write(out, {"index": index, "text": text, "filled": filled,
+                         "masks": masks_of[row]})
+        out.flush()
+        stats["predicted"] += len(chunk)
 
 
 def _data_kind(cfg: DictConfig) -> str:
@@ -178,7 +325,9 @@ def _predict_batches(cfg: DictConfig) -> dict:
     device = select_device(cfg.device.name, cfg.device.threads)
     trained = load_run(cfg.run, cfg.ckpt, device)
     names = trained.label_names
-    k = min(cfg.top_k, len(names))
+    k = min(DEFAULT_TOP_K["classification"] if cfg.top_k is None else cfg.top_k, len(names))
+    if k < 1:
+        raise UsageError(f"top_k={cfg.top_k}: must be at least 1")
     regression = trained.task.name == "regression"
     count = 0
     with ExitStack() as stack:
@@ -203,7 +352,7 @@ def _predict_batches(cfg: DictConfig) -> dict:
                                       for p, i in zip(p_row, i_row)]}
                            for row, p_row, i_row in zip(rows, top_p.tolist(), top_i.tolist())]
             for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                _write(out, record)
             out.flush()
             count += len(rows)
     log.info("predicted %d row(s)%s", count, f" -> {cfg.output}" if cfg.output else "")

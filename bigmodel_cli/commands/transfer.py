@@ -6,7 +6,9 @@
   overriding data.tokenizer.* on the command line then is an error.
 - Every tensor whose name and shape match is loaded. The report names what was loaded,
   what is new (initialised here, e.g. a classifier head) and what was dropped (e.g. the
-  MLM head); a name that matches with another shape is an error.
+  MLM head). An encoder tensor of another shape is an error; a head tensor of another shape
+  (a finetune run for another label set) is initialised anew and reported, and so is a
+  head of the same shape trained on other labels (Fashion-MNIST's 10 classes -> digits).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def load_matching(model, source: Source, label_names: list[str] | None = None) -
     model = unwrap(model)
     own = model.state_dict()
     path = source.ckpt_dir / WEIGHTS
-    loaded, dropped, mismatched = {}, [], []
+    loaded, dropped, mismatched, reshaped = {}, [], [], []
     other_labels = label_names is not None and source.meta.get("label_names") != label_names
     with safe_open(str(path), framework="pt") as f:
         for name in f.keys():
@@ -124,8 +126,11 @@ def load_matching(model, source: Source, label_names: list[str] | None = None) -
                 continue
             tensor = f.get_tensor(name)
             if tuple(tensor.shape) != tuple(own[name].shape):
-                mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)}, model "
-                                  f"{tuple(own[name].shape)}")
+                if name.startswith("encoder."):
+                    mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)}, model "
+                                      f"{tuple(own[name].shape)}")
+                else:  # a task head for another label set: initialised anew
+                    reshaped.append(name)
                 continue
             loaded[name] = tensor
     if mismatched:
@@ -141,9 +146,12 @@ def load_matching(model, source: Source, label_names: list[str] | None = None) -
                          "(different model families?)")
     model.load_state_dict(loaded, strict=False)
     report = {"source": str(source.ckpt_dir), "loaded": len(loaded), "new": new,
-              "dropped": sorted(dropped)}
+              "dropped": sorted(dropped), "reinitialised_other_shape": sorted(reshaped)}
     log.info("model.init_from: loaded %d tensors from %s; new: %s; dropped: %s", len(loaded),
              source.ckpt_dir, _grouped(new) or "none", _grouped(dropped) or "none")
+    if reshaped:
+        log.info("model.init_from: initialised anew (another shape in the source): %s",
+                 ", ".join(reshaped))
     return report
 
 

@@ -100,7 +100,7 @@ def predict_batches(trained, cfg: DictConfig, batch_size: int) -> Iterator[tuple
 
     from bigmodel_cli.data.images import image_inputs, load_image_file
 
-    if cfg.text is not None or cfg.input is None or cfg.input == "-":
+    if cfg.text is not None or cfg.prompt is not None or cfg.input is None or cfg.input == "-":
         raise UsageError("this run classifies images: give input=IMAGE, input=FOLDER or "
                          "input=LIST.csv (a column of image paths, path_column=)")
     pre = read_preprocessing(trained.run_dir)

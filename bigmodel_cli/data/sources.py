@@ -230,9 +230,13 @@ def _stratified_parts(labels: np.ndarray, fractions: list[float], seed: int) -> 
 
 
 def _subset(ds, n: int | None, seed: int):
+    """A seeded random subset of n rows; labeled rows are drawn class by class (stratified)."""
     if n is None or n >= len(ds):
         return ds
-    keep = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    if "label" in ds.column_names:
+        keep, _ = _stratified_parts(_label_keys(ds), [n / len(ds), 1 - n / len(ds)], seed)
+    else:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
     return ds.select(keep)
 
 

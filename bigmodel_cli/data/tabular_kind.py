@@ -101,7 +101,7 @@ def predict_batches(trained, cfg: DictConfig, batch_size: int) -> Iterator[tuple
 
     from bigmodel_cli.data.tabular import read_table
 
-    if cfg.text is not None or cfg.input is None or cfg.input == "-":
+    if cfg.text is not None or cfg.prompt is not None or cfg.input is None or cfg.input == "-":
         raise UsageError("this run predicts from table rows: give input=ROWS.csv (or .tsv, "
                          ".parquet) with the columns it was trained on")
     pre = load_preprocessor(trained.run_dir)

@@ -99,15 +99,21 @@ def read_meta(directory: Path) -> dict:
     return meta
 
 
-def build_model(meta: dict) -> tuple[nn.Module, Any]:
-    """Rebuild (model, task) from checkpoint metadata; only bigmodel classes are allowed."""
-    from hydra.utils import instantiate
+def build_model(meta: dict, run_dir: Path | None = None) -> tuple[nn.Module, Any]:
+    """Rebuild (model, task) from checkpoint metadata; only bigmodel classes are allowed.
+    An encoder class with `rebuild_args(run_dir)` (model=hf) is rebuilt from files its run
+    directory keeps."""
+    from hydra.utils import get_class, instantiate
 
     for part in ("model", "task"):
         target = str(meta[part].get("_target_", ""))
         if not target.startswith(ALLOWED_TARGET_PREFIXES):
             raise UsageError(f"checkpoint {part} target {target!r} is not a bigmodel class")
-    encoder = instantiate(meta["model"], **meta["model_args"])
+    args = dict(meta["model_args"])
+    encoder_class = get_class(meta["model"]["_target_"])
+    if hasattr(encoder_class, "rebuild_args") and run_dir is not None:
+        args.update(encoder_class.rebuild_args(run_dir))
+    encoder = instantiate(meta["model"], **args)
     task = instantiate(meta["task"])
     return task.build_model(encoder, meta["num_labels"]), task
 

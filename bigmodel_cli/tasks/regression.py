@@ -103,3 +103,42 @@ class RegressionTask:
 
     def new_metrics(self, num_targets: int = 1) -> RegressionMetrics:
         return RegressionMetrics()
+
+    def write_reports(self, metrics: RegressionMetrics, run_dir, title: str) -> None:
+        """evaluate's files: predictions.csv (true and predicted values, original units) and
+        plots/predicted_vs_true.png (a scatter plot with the y = x line)."""
+        import pandas as pd
+
+        y_true, y_pred = metrics.arrays()
+        scores = metrics.compute()
+        columns = {}
+        for j in range(y_true.shape[1]):
+            suffix = f"_{j}" if y_true.shape[1] > 1 else ""
+            columns[f"true{suffix}"] = y_true[:, j]
+            columns[f"predicted{suffix}"] = y_pred[:, j]
+        pd.DataFrame(columns).to_csv(run_dir / "predictions.csv", index=False)
+        plot_scatter(y_true, y_pred, run_dir / "plots" / "predicted_vs_true.png",
+                     f"{title}: R² {scores['r2']:.4f}, RMSE {scores['rmse']:.4g}")
+
+
+def plot_scatter(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -> None:
+    """Predicted against true values (one panel per target), with the y = x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = y_true.shape[1]
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        t, p = y_true[:, j], y_pred[:, j]
+        low, high = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.scatter(t, p, s=12, alpha=0.6)
+        ax.plot([low, high], [low, high], color="grey", linewidth=1)
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+    axes[0][0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
