@@ -93,7 +93,7 @@ def test_group_option_composes_and_instantiates(group, option):
             "image": ("name", "loader", "channels", "image_size", "augment", "eval_split"),
             "tabular": ("name", "loader", "target", "features", "categorical", "eval_split")}
     for key in keys[kind]:
-        assert key in cfg.data
+        assert key in cfg.data.keys()  # (`in cfg.data` is False for a required ??? value)
 
 
 def test_optuna_sweeper_direction_follows_the_monitor():
