@@ -55,7 +55,7 @@ def test_fashion_mnist_cnn_run_evaluate_predict(session_cli, fashion_cnn_run, sh
     pre = read_json(run / "preprocessing.json")
     assert pre["channels"] == 1 and pre["image_size"] == 28
     assert 0.2 < pre["mean"][0] < 0.4 and 0.25 < pre["std"][0] < 0.45   # computed on train
-    assert pre["augment"] == {"crop_padding": 2, "hflip": True, "erasing": 0.0}
+    assert pre["augment"] == {"crop_padding": 1, "hflip": True, "erasing": 0.0}
     metrics = read_json(run / "metrics.json")
     assert metrics["splits"] == {"train": 400, "validation": 200, "test": 200}
     assert metrics["task"] == "classification" and metrics["best_validation"]["accuracy"] > 0.1
