@@ -203,10 +203,10 @@ def bench_overhead(models: list[str], quick: bool) -> dict:
     from torch import nn
     from torch.nn import functional as F
 
+    from bigmodel_cli.commands.transfer import model_config
     from bigmodel_cli.config import conf_dir
     from bigmodel_cli.data.batching import TextBatches
     from bigmodel_cli.data.sources import load_text_dataset
-    from bigmodel_cli.commands.transfer import model_config
     from bigmodel_cli.data.text import EncodedSplit, to_tensors, tokenize_splits
     from bigmodel_cli.engine.optim import build_optimizers, sparse_parameters
     from bigmodel_cli.engine.runtime import select_device
