@@ -51,8 +51,8 @@ QUICK_STEPS = 20
 # Transfer: MLM pretraining on the unlabeled headlines for a fixed number of steps, then a
 # 1% labeled subset (1,800 headlines, stratified, seeded) finetuned from scratch and from the
 # pretrained weights: same model size, same steps, SEEDS seeds each.
-PRETRAIN_BERT = ["pretrain", "model=bert", "data=news_corpus", "trainer.max_steps=1000",
-                 "trainer.eval_every_steps=500", "trainer.batch_size=128"]
+PRETRAIN_BERT = ["pretrain", "model=bert", "data=news_corpus", "trainer.max_steps=700",
+                 "trainer.eval_every_steps=350", "trainer.batch_size=128"]
 FINETUNE_1PCT = ["finetune", "model=bert", "data=news", "trainer.max_train_samples=1800",
                  "trainer.epochs=4", "trainer.batch_size=32"]
 SEEDS = (1, 2, 3)
@@ -231,10 +231,11 @@ def bench_overhead(models: list[str], quick: bool) -> dict:
     from torch import nn
     from torch.nn import functional as F
 
+    from bigmodel_cli.commands.transfer import model_config
     from bigmodel_cli.config import conf_dir
     from bigmodel_cli.data.batching import TextBatches
     from bigmodel_cli.data.sources import load_text_dataset
-    from bigmodel_cli.data.text import EncodedSplit, tokenize_splits
+    from bigmodel_cli.data.text import EncodedSplit, to_tensors, tokenize_splits
     from bigmodel_cli.engine.optim import build_optimizers, sparse_parameters
     from bigmodel_cli.engine.runtime import select_device
     from bigmodel_cli.engine.trainer import Trainer, TrainSettings, move
@@ -253,15 +254,16 @@ def bench_overhead(models: list[str], quick: bool) -> dict:
     data = load_text_dataset(cfg.data, seed=cfg.seed, cache_dir=cache_dir)
     selection = {"seed": cfg.seed, "max_train_samples": None, "max_eval_samples": None,
                  "data": OmegaConf.to_container(cfg.data, resolve=True)}  # as finetune: a cache hit
-    tokenizer, encoded = tokenize_splits(data.splits, data.files, selection, cache_dir,
-                                         cfg.data.tokenizer, cfg.data.max_length)
+    tokenizer, raw = tokenize_splits(data.splits, data.files, selection, cache_dir,
+                                     cfg.data.tokenizer, cfg.data.max_length)
+    encoded = {split: to_tensors(ids, labels) for split, (ids, labels) in raw.items()}
     val = encoded["validation"]
     tiny_val = EncodedSplit(val.input_ids[:256], val.lengths[:256], val.labels[:256])
     num_labels = len(data.label_names)
 
     def build(c):
         torch.manual_seed(c.seed)  # plain and engine start from the same weights
-        kwargs = {k: v for k, v in c.model.items() if k != "_target_"}
+        kwargs = {k: v for k, v in model_config(c, None).items() if k != "_target_"}
         encoder = encoders[c.model._target_](vocab_size=tokenizer.get_vocab_size(), padding_idx=0,
                                              **kwargs)
         model = Classifier(encoder, num_labels, c.task.head_dropout).to(device)

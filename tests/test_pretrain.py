@@ -229,3 +229,17 @@ def test_hf_minilm_finetunes_evaluates_and_predicts(cli):
     assert result.returncode == 0, result.stderr[-2000:]
     labels = [json.loads(line)["label"] for line in result.stdout.splitlines()]
     assert len(labels) == 2
+
+
+def test_hf_without_transformers_says_what_to_install(cli):
+    """The same command in an interpreter where `transformers` cannot be imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['transformers'] = None; sys.argv = ['bigmodel', "
+            "'finetune', 'model=hf', 'data=sst2', 'trainer=debug']; "
+            "from bigmodel_cli.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=cli.cwd, env=cli.env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pip install 'bigmodel[hf]'" in result.stderr

@@ -57,7 +57,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         device = torch.device("cuda", torch.cuda.current_device())
     seed_everything(cfg.seed)
     task = build(cfg.task, "task")
-    source = transfer.source_run(cfg) if cfg.model.get("init_from") else None
+    source = transfer.source_run(cfg) if cfg.model.init_from else None
     model_cfg = transfer.model_config(cfg, source)
     ctx = kinds.DataContext(seed=cfg.seed, cache_dir=Path(cfg.cache_dir).expanduser(),
                             max_train_samples=trainer_cfg.max_train_samples,
@@ -77,13 +77,13 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         report = transfer.load_matching(model, source, prepared.label_names)
         if is_main:
             write_json(run_dir / "init_from.json", report)
-    if cfg.model.get("freeze_encoder"):
+    if cfg.model.freeze_encoder:
         for p in model.encoder.parameters():
             p.requires_grad_(False)
         log.info("model.freeze_encoder=true: only the head is trained")
     model = model.to(device)
     optimizers = build_optimizers(model, build(cfg.optimizer, "optimizer"), cfg.optimizer,
-                                  head_lr_mult=cfg.model.get("head_lr_mult") or 1.0)
+                                  head_lr_mult=cfg.model.head_lr_mult)
     if cfg.device.compile:  # opt-in; checkpoints are saved from the uncompiled module
         model = torch.compile(model)
     if world_size > 1:
@@ -110,7 +110,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         "model_args": prepared.model_args,
         "task": OmegaConf.to_container(cfg.task, resolve=True),
         "num_labels": num_labels, "label_names": prepared.label_names,
-        "data_kind": cfg.data.get("kind", "text"), "encoding": prepared.encoding,
+        "data_kind": cfg.data.kind, "encoding": prepared.encoding,
         "max_length": prepared.encoding.get("max_length"), "versions": versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -67,7 +67,7 @@ class EvalData:
 
 
 def module(data_cfg) -> Any:
-    kind = data_cfg.get("kind", "text")
+    kind = data_cfg.kind
     if kind not in KINDS:
         raise UsageError(f"data.kind={kind!r}: choose one of {', '.join(KINDS)}")
     return importlib.import_module(KINDS[kind])

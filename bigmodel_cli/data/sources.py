@@ -273,7 +273,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
         files = {s: folder / f for s, f in data_cfg.files.items() if f}
         present = {s: p for s, p in files.items() if p.is_file()}
         if "train" in present or (data_cfg.resplit_from and data_cfg.resplit_from in present):
-            raw = _load_files(present, sample_by=data_cfg.get("sample_by"))
+            raw = _load_files(present, sample_by=data_cfg.sample_by)
             for split, ds in raw.items():
                 raw[split] = _normalise(ds, data_cfg.text_column, data_cfg.label_column,
                                         str(present[split]))
@@ -347,7 +347,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
         notes.append(f"no train split in {source}: re-split its {data_cfg.resplit_from} split "
                      f"({len(base)} rows) into " + ", ".join(f"{s} {len(splits[s])}" for s in order)
                      + f" (seed {seed}); not comparable with results on the official splits")
-    if "validation" not in splits and data_cfg.get("validation_from") == "tail":
+    if "validation" not in splits and data_cfg.validation_from == "tail":
         splits["train"], splits["validation"], note = _tail_split(
             splits["train"], float(data_cfg.validation_fraction))
         notes.append(note)

@@ -37,7 +37,7 @@ def train_tokenizer(texts, cfg):
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    kind = cfg.get("kind", "wordpiece")
+    kind = cfg.kind
     common = dict(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                   special_tokens=SPECIAL_TOKENS, show_progress=False)
     if kind == "wordpiece":
@@ -172,7 +172,7 @@ def tokenize_splits(splits: dict, files: list[Path], settings: dict, cache_dir: 
     if tokenizer is None:
         tokenizer = train_tokenizer(splits["train"]["text"], tokenizer_cfg)
         log.info("tokenizer: trained %s on %d train texts, vocabulary %d",
-                 tokenizer_cfg.get("kind", "wordpiece"), len(splits["train"]),
+                 tokenizer_cfg.kind, len(splits["train"]),
                  tokenizer.get_vocab_size())
     encoded = {}
     for split, ds in splits.items():

@@ -31,8 +31,10 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise ImportError("model=hf needs the `transformers` package: "
-                          "pip install 'bigmodel[hf]'") from None
+        from bigmodel_cli.errors import UsageError
+
+        raise UsageError("model=hf needs the `transformers` package: "
+                         "pip install 'bigmodel[hf]'") from None
     transformers.logging.set_verbosity_error()
     return transformers
 
