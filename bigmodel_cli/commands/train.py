@@ -63,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
                             max_train_samples=trainer_cfg.max_train_samples,
                             max_eval_samples=trainer_cfg.max_eval_samples, rank=rank,
                             world_size=world_size, is_main=is_main)
-    if cfg.data.get("kind", "text") == "text":
+    if cfg.data.kind == "text":
         transfer.choose_tokenizer(cfg, model_cfg, source, ctx, run_dir)
     prepared = kinds.module(cfg.data).prepare(cfg, run_dir, ctx, task)
     num_labels = len(prepared.label_names)
