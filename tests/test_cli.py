@@ -42,11 +42,13 @@ def test_command_help_is_hydras_with_config_groups(cli):
     result = cli("finetune", "--help")
     assert result.returncode == 0, result.stderr
     assert "== Configuration groups ==" in result.stdout
+    groups = result.stdout.split("== Configuration groups ==", 1)[1].split("==", 1)[0]
     listed = {line.split(":", 1)[0].strip(): set(line.split(":", 1)[1].replace(" ", "").split(","))
-              for line in result.stdout.splitlines() if ":" in line}
-    expected = {"model": "bert,bert_tiny,fasttext,gpt,gpt_tiny,hf,lstm",
-                "data": "ag_news,csv,news,news_corpus,sst2,text,tinyshakespeare,wikitext2",
-                "task": "classification,lm", "optimizer": "adam,adamw,sgd",
+              for line in groups.splitlines() if ":" in line}
+    expected = {"model": "bert,bert_tiny,cnn,fasttext,gpt,gpt_tiny,hf,lstm,mlp,vit",
+                "data": "ag_news,csv,diabetes,digits,fashion_mnist,image_folder,news,news_corpus,"
+                        "sst2,tabular,text,tinyshakespeare,wikitext2",
+                "task": "classification,lm,regression", "optimizer": "adam,adamw,sgd",
                 "scheduler": "constant,cosine,linear_warmup", "device": "auto,cpu,cuda,mps",
                 "trainer": "debug,default"}
     for group, names in expected.items():

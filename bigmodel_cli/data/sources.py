@@ -229,12 +229,24 @@ def _stratified_parts(labels: np.ndarray, fractions: list[float], seed: int) -> 
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Exactly n row indices, each class in proportion (largest remainders), seeded."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
+                                   for c, k in zip(classes, take)]))
+
+
 def _subset(ds, n: int | None, seed: int):
     """A seeded random subset of n rows; labeled rows are drawn class by class (stratified)."""
     if n is None or n >= len(ds):
         return ds
     if "label" in ds.column_names:
-        keep, _ = _stratified_parts(_label_keys(ds), [n / len(ds), 1 - n / len(ds)], seed)
+        keep = _stratified_sample(_label_keys(ds), n, seed)
     else:
         keep = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
     return ds.select(keep)
