@@ -64,7 +64,8 @@ TRANSFER_GAIN = 0.05   # pretrained beats scratch by at least 5 points on every 
 # Character-level GPT on Tiny Shakespeare (a small GPT: 4 layers, d_model 128, 128-char blocks).
 PRETRAIN_GPT = ["pretrain", "model=gpt", "data=tinyshakespeare", "data.max_length=128",
                 "model.d_model=128", "model.d_ff=512", "model.max_len=129",
-                "trainer.batch_size=32", "trainer.max_steps=600", "trainer.eval_every_steps=200"]
+                "optimizer.lr=2e-3", "trainer.batch_size=32", "trainer.max_steps=1200",
+                "trainer.eval_every_steps=400"]
 # all-MiniLM-L6-v2 (model=hf) finetuned on 20,000 SST-2 sentences for one epoch.
 FINETUNE_HF = ["finetune", "model=hf", "data=sst2", "trainer.max_train_samples=20000",
                "trainer.epochs=1", "trainer.batch_size=32", "trainer.eval_every_steps=200"]

@@ -32,6 +32,29 @@ log = logging.getLogger("bigmodel")
 OmegaConf.register_new_resolver(
     "bigmodel_direction", lambda mode: "maximize" if mode == "max" else "minimize", replace=True)
 
+_claimed_dirs: dict[str, str] = {}
+
+
+def unique_dir(path: str) -> str:
+    """`path`, else `path-2`, `path-3`, ...: the first that does not exist yet, created at
+    once. Run directories are named by the second a run starts; two runs started in the same
+    second must not share one (and overwrite each other's checkpoints). The choice is
+    remembered, so resolving the same path again in this process gives the same directory."""
+    if path not in _claimed_dirs:
+        candidate, n = path, 1
+        while True:
+            try:
+                Path(candidate).mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError:
+                n += 1
+                candidate = f"{path}-{n}"
+        _claimed_dirs[path] = candidate
+    return _claimed_dirs[path]
+
+
+OmegaConf.register_new_resolver("bigmodel_unique", unique_dir, replace=True)
+
 # Set once a task function has started: an exit 1 before that came from Hydra's config
 # composition, which the CLI reports as a usage error (exit 2).
 job_started = False

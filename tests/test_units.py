@@ -109,3 +109,16 @@ def test_type_errors_follow_yaml_defaults():
     assert len(errors) == 4
     assert errors[0].startswith("lr: expected a number")
     assert any(e.startswith("nested.k: expected an integer") for e in errors)
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
+    from bigmodel_cli import main
+
+    base = str(tmp_path / "outputs" / "finetune" / "2026-01-01" / "12-00-00")
+    first = main.unique_dir(base)
+    assert first == base and (tmp_path / "outputs" / "finetune" / "2026-01-01" / "12-00-00").is_dir()
+    assert main.unique_dir(base) == first        # the same run resolving it again
+    main._claimed_dirs.clear()                   # another process, the same second
+    assert main.unique_dir(base) == base + "-2"
+    main._claimed_dirs.clear()
+    assert main.unique_dir(base) == base + "-3"

@@ -137,11 +137,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if k < 1 and name != "clm":
         raise UsageError(f"top_k={k}: must be at least 1")
     with ExitStack() as stack:
-        out = sys.stdout
-        if cfg.output:
-            out_path = Path(cfg.output).expanduser()
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            out = stack.enter_context(open(out_path, "w", encoding="utf-8"))
+        out = _output(cfg, stack)
         handlers[name](cfg, trained, _chunks(first, inputs, cfg.batch_size), out, stats, device, k)
     if stats["empty"]:
         log.info("note: skipped %d empty input line(s)", stats["empty"])
@@ -150,6 +146,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                  stats["truncated"])
     log.info("predicted %d input(s)%s", stats["predicted"], f" -> {cfg.output}" if cfg.output else "")
     return stats
+
+
+def _output(cfg, stack: ExitStack):
+    """Where predictions go: `output=FILE` (its folder is created), else stdout."""
+    if not cfg.output:
+        return sys.stdout
+    path = Path(cfg.output).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return stack.enter_context(open(path, "w", encoding="utf-8"))
 
 
 def _chunks(first: list, inputs: Iterator, size: int) -> Iterator[list[tuple[int, str]]]:
@@ -331,11 +336,7 @@ def _predict_batches(cfg: DictConfig) -> dict:
     regression = trained.task.name == "regression"
     count = 0
     with ExitStack() as stack:
-        out = sys.stdout
-        if cfg.output:
-            out_path = Path(cfg.output).expanduser()
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            out = stack.enter_context(open(out_path, "w", encoding="utf-8"))
+        out = _output(cfg, stack)
         for rows, batch in kinds.module(trained.config.data).predict_batches(trained, cfg,
                                                                              cfg.batch_size):
             with torch.inference_mode(), autocast(device, cfg.device.precision):

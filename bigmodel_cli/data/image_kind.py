@@ -17,21 +17,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel_cli.data.kinds import DataContext, EvalData, Prepared
+from bigmodel_cli.data.tensor_batches import batches_factory
 from bigmodel_cli.errors import UsageError
 
 log = logging.getLogger("bigmodel.data")
 
 PREPROCESSING = "preprocessing.json"
-
-
-def _batches_factory(ctx: DataContext):
-    from bigmodel_cli.data.tensor_batches import TensorBatches
-
-    def make(data, batch_size: int, train: bool):
-        return TensorBatches(data.columns(), batch_size, shuffle=train, seed=ctx.seed,
-                             rank=ctx.rank if train else 0,
-                             world_size=ctx.world_size if train else 1)
-    return make
 
 
 def _check_task(task) -> None:
@@ -59,7 +50,7 @@ def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
         write_json(run_dir / PREPROCESSING, preprocessing)
     model_args = {"in_channels": data.channels, "image_size": data.image_size,
                   "mean": mean, "std": std, "augment": augment}
-    return Prepared(splits=data.splits, make_batches=_batches_factory(ctx), model_args=model_args,
+    return Prepared(splits=data.splits, make_batches=batches_factory(ctx), model_args=model_args,
                     label_names=data.label_names,
                     encoding={"channels": data.channels, "image_size": data.image_size},
                     source=data.source, folder=data.folder, notes=data.notes)

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bigmodel_cli.data.kinds import DataContext, EvalData, Prepared
+from bigmodel_cli.data.tensor_batches import batches_factory
 from bigmodel_cli.errors import UsageError
 
 log = logging.getLogger("bigmodel.data")
@@ -27,16 +28,6 @@ def _check_task(task) -> None:
     if task.name not in ("classification", "regression"):
         raise UsageError(f"data.kind=tabular supports task=regression or task=classification, "
                          f"not task={task.name}")
-
-
-def _batches_factory(ctx: DataContext):
-    from bigmodel_cli.data.tensor_batches import TensorBatches
-
-    def make(data, batch_size: int, train: bool):
-        return TensorBatches(data.columns(), batch_size, shuffle=train, seed=ctx.seed,
-                             rank=ctx.rank if train else 0,
-                             world_size=ctx.world_size if train else 1)
-    return make
 
 
 def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
@@ -63,7 +54,7 @@ def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
     if ctx.is_main:
         write_json(run_dir / "labels.json", label_names)
         pre.save(run_dir / PREPROCESSING)
-    return Prepared(splits=splits, make_batches=_batches_factory(ctx),
+    return Prepared(splits=splits, make_batches=batches_factory(ctx),
                     model_args={"num_features": len(pre.feature_names)}, label_names=label_names,
                     encoding={"preprocessing": PREPROCESSING, "columns": pre.columns,
                               "target": data.target},

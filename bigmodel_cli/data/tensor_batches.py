@@ -60,3 +60,13 @@ class TensorBatches:
     def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
         idx = torch.from_numpy(np.ascontiguousarray(index))
         return {"index": idx, **{name: t[idx] for name, t in self.columns.items()}}
+
+
+def batches_factory(ctx):
+    """Prepared.make_batches for data held as named tensor columns (`data.columns()`):
+    shuffled per epoch (seeded) and sliced per rank in training, in order for evaluation."""
+    def make(data, batch_size: int, train: bool):
+        return TensorBatches(data.columns(), batch_size, shuffle=train, seed=ctx.seed,
+                             rank=ctx.rank if train else 0,
+                             world_size=ctx.world_size if train else 1)
+    return make
