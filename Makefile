@@ -2,7 +2,7 @@
 #   make install                      the package (editable) with the sweep and hf extras and dev tools,
 #                                     CPU torch by default
 #   make install TORCH_CONSTRAINT=    keep whatever torch pip picks (e.g. a CUDA build)
-#   make test                         the test suite without the slow tests (~5 minutes)
+#   make test                         the test suite without the slow tests (~7 minutes)
 #   make test-slow                    the slow ones (CI runs both)
 #   make bench                        benchmarks; writes outputs/bench/report.{md,json}
 
