@@ -237,9 +237,12 @@ LOADERS = {"parquet": _parquet, "sklearn_digits": _digits, "folder": _folder}
 
 
 def _subset(split: RawSplit, n: int | None, seed: int) -> RawSplit:
+    """trainer.max_*_samples: exactly n rows, stratified by label, as for text."""
+    from bigmodel_cli.data.sources import _stratified_sample
+
     if n is None or n >= len(split.labels):
         return split
-    return split.take(np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:n]))
+    return split.take(_stratified_sample(split.labels, n, seed))
 
 
 def load_image_dataset(data_cfg: DictConfig, *, seed: int, max_train_samples: int | None = None,
