@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bigmodel_cli.config import type_errors
-from bigmodel_cli.data.sources import _stratified_parts
+from bigmodel_cli.data import splits
 from bigmodel_cli.engine.checkpoint import load_state, resolve_checkpoint, save_checkpoint
 from bigmodel_cli.engine.schedules import cosine, linear_warmup
 from bigmodel_cli.errors import UsageError
@@ -90,12 +90,22 @@ def test_checkpoint_is_atomic_and_state_loads_weights_only(tmp_path):
 
 def test_stratified_parts_are_seeded_disjoint_and_balanced():
     labels = np.repeat(np.arange(4), 100)
-    a = _stratified_parts(labels, [0.8, 0.1, 0.1], seed=1)
-    b = _stratified_parts(labels, [0.8, 0.1, 0.1], seed=1)
+    a = splits.partition(len(labels), [0.8, 0.1, 0.1], seed=1, labels=labels)
+    b = splits.partition(len(labels), [0.8, 0.1, 0.1], seed=1, labels=labels)
     assert all((x == y).all() for x, y in zip(a, b))
     assert [len(p) for p in a] == [320, 40, 40]
     assert len(np.unique(np.concatenate(a))) == 400
     assert np.bincount(labels[a[1]]).tolist() == [10, 10, 10, 10]
+
+
+def test_subsets_are_exact_stratified_and_unlabeled_rows_split_at_random():
+    labels = np.array([0] * 90 + [1] * 10)
+    keep = splits.sample(100, 20, seed=3, labels=labels)
+    assert len(keep) == 20 and np.bincount(labels[keep]).tolist() == [18, 2]
+    assert splits.sample(100, None, seed=3) is None and splits.sample(100, 100, seed=3) is None
+    free = splits.partition(100, [0.5, 0.5], seed=3)
+    assert sorted(np.concatenate(free).tolist()) == list(range(100))
+    assert not (free[0] == np.arange(50)).all()  # shuffled, not the first half
 
 
 def test_type_errors_follow_yaml_defaults():

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from bigmodel_cli.data import splits as splitting
 from bigmodel_cli.errors import UsageError
 
 log = logging.getLogger("bigmodel.data")
@@ -238,18 +239,13 @@ LOADERS = {"parquet": _parquet, "sklearn_digits": _digits, "folder": _folder}
 
 def _subset(split: RawSplit, n: int | None, seed: int) -> RawSplit:
     """trainer.max_*_samples: exactly n rows, stratified by label, as for text."""
-    from bigmodel_cli.data.sources import _stratified_sample
-
-    if n is None or n >= len(split.labels):
-        return split
-    return split.take(_stratified_sample(split.labels, n, seed))
+    keep = splitting.sample(len(split.labels), n, seed, split.labels)
+    return split if keep is None else split.take(keep)
 
 
 def load_image_dataset(data_cfg: DictConfig, *, seed: int, max_train_samples: int | None = None,
                        max_eval_samples: int | None = None) -> ImageDataset:
     """Find, split, subset and decode a labeled image dataset as configured in `data_cfg`."""
-    from bigmodel_cli.data.sources import _stratified_parts
-
     if data_cfg.loader not in LOADERS:
         raise UsageError(f"data.loader={data_cfg.loader!r}: choose one of {', '.join(LOADERS)}")
     if data_cfg.channels not in (1, 3):
@@ -259,14 +255,15 @@ def load_image_dataset(data_cfg: DictConfig, *, seed: int, max_train_samples: in
     if "all" in raw:  # one pool of rows: split it (seeded, stratified)
         pool = raw.pop("all")
         order = list(data_cfg.split_fractions)
-        parts = _stratified_parts(pool.labels, [float(data_cfg.split_fractions[s]) for s in order], seed)
+        parts = splitting.partition(len(pool.labels), [float(data_cfg.split_fractions[s]) for s in order],
+                                   seed, pool.labels)
         raw = {s: pool.take(p) for s, p in zip(order, parts)}
         notes.append(f"split {len(pool.labels)} rows into " + ", ".join(
             f"{s} {len(raw[s].labels)}" for s in order) + f" (seeded, stratified, seed {seed})")
     if "validation" not in raw:
         train = raw["train"]
         frac = float(data_cfg.validation_fraction)
-        keep, held = _stratified_parts(train.labels, [1 - frac, frac], seed)
+        keep, held = splitting.holdout(len(train.labels), frac, seed, train.labels)
         raw["train"], raw["validation"] = train.take(keep), train.take(held)
         notes.append(f"no validation split: held out {len(held)} of {len(train.labels)} train rows "
                      f"(data.validation_fraction={frac}, seed {seed})")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from bigmodel_cli.data import splits as splitting
 from bigmodel_cli.errors import UsageError
 
 log = logging.getLogger("bigmodel.data")
@@ -214,42 +215,11 @@ def download_upstream(data_cfg: DictConfig, cache_dir: Path) -> Path:
     return target
 
 
-def _stratified_parts(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
-    """Split row indices into len(fractions) parts, class by class, seeded."""
-    rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in fractions]
-    bounds = np.cumsum(fractions) / sum(fractions)
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        cuts = np.round(bounds * len(idx)).astype(int)
-        start = 0
-        for i, stop in enumerate(cuts):
-            parts[i].append(idx[start:stop])
-            start = stop
-    return [np.sort(np.concatenate(p)) for p in parts]
-
-
-def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Exactly n row indices, each class in proportion (largest remainders), seeded."""
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = counts * n / len(labels)
-    take = np.floor(quota).astype(int)
-    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
-        take[i] += 1
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
-                                   for c, k in zip(classes, take)]))
-
-
 def _subset(ds, n: int | None, seed: int):
     """A seeded random subset of n rows; labeled rows are drawn class by class (stratified)."""
-    if n is None or n >= len(ds):
-        return ds
-    if "label" in ds.column_names:
-        keep = _stratified_sample(_label_keys(ds), n, seed)
-    else:
-        keep = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
-    return ds.select(keep)
+    keep = splitting.sample(len(ds), n, seed,
+                         _label_keys(ds) if "label" in ds.column_names else None)
+    return ds if keep is None else ds.select(keep)
 
 
 def _load_hub(data_cfg: DictConfig) -> tuple[dict, list[str] | None]:
@@ -354,7 +324,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
         base = splits.pop(data_cfg.resplit_from)
         order = [s for s in SPLITS if s in data_cfg.resplit_fractions]
         fractions = [float(data_cfg.resplit_fractions[s]) for s in order]
-        parts = _stratified_parts(_label_keys(base), fractions, seed)
+        parts = splitting.partition(len(base), fractions, seed, _label_keys(base))
         splits = {s: base.select(idx) for s, idx in zip(order, parts)}
         notes.append(f"no train split in {source}: re-split its {data_cfg.resplit_from} split "
                      f"({len(base)} rows) into " + ", ".join(f"{s} {len(splits[s])}" for s in order)
@@ -366,7 +336,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
     if "validation" not in splits:
         train = splits["train"]
         frac = float(data_cfg.validation_fraction)
-        keep, held = _stratified_parts(_label_keys(train), [1 - frac, frac], seed)
+        keep, held = splitting.holdout(len(train), frac, seed, _label_keys(train))
         splits["train"], splits["validation"] = train.select(keep), train.select(held)
         notes.append(f"no validation split: held out {len(held)} of {len(train)} train rows "
                      f"(data.validation_fraction={frac}, seed {seed})")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from bigmodel_cli.data import splits as splitting
 from bigmodel_cli.errors import UsageError
 
 log = logging.getLogger("bigmodel.data")
@@ -261,8 +262,6 @@ def load_tabular_dataset(data_cfg: DictConfig, *, task: str, seed: int,
                          max_train_samples: int | None = None,
                          max_eval_samples: int | None = None) -> TabularDataset:
     """Load and split a table; check that the target and feature columns exist."""
-    from bigmodel_cli.data.sources import _stratified_parts
-
     if data_cfg.loader == "sklearn_diabetes":
         frames, source, folder, read = _diabetes()
     elif data_cfg.loader == "files":
@@ -288,26 +287,24 @@ def load_tabular_dataset(data_cfg: DictConfig, *, task: str, seed: int,
     if not features:
         raise UsageError(f"{source}: no feature columns besides the target {target!r}")
 
-    def parts(frame, fractions):
-        if task == "classification":
-            keys = np.asarray([_category(v) for v in frame[target]])
-            return _stratified_parts(keys, fractions, seed)
-        order = np.random.default_rng(seed).permutation(len(frame))
-        cuts = np.round(np.cumsum(fractions) / sum(fractions) * len(frame)).astype(int)
-        return [np.sort(order[a:b]) for a, b in zip([0, *cuts[:-1]], cuts)]
+    def keys(frame):  # classes to stratify on; regression rows are split at random
+        if task != "classification":
+            return None
+        return np.asarray([_category(v) for v in frame[target]])
 
     notes = []
     if "all" in frames:
         pool = frames.pop("all")
         order = list(data_cfg.split_fractions)
-        idx = parts(pool, [float(data_cfg.split_fractions[s]) for s in order])
+        idx = splitting.partition(len(pool), [float(data_cfg.split_fractions[s]) for s in order],
+                                  seed, keys(pool))
         frames = {s: pool.iloc[i].reset_index(drop=True) for s, i in zip(order, idx)}
         notes.append(f"split {len(pool)} rows into " + ", ".join(
             f"{s} {len(frames[s])}" for s in order) + f" (seeded, seed {seed})")
     if "validation" not in frames:
         train = frames["train"]
         frac = float(data_cfg.validation_fraction)
-        keep, held = parts(train, [1 - frac, frac])
+        keep, held = splitting.holdout(len(train), frac, seed, keys(train))
         frames["train"] = train.iloc[keep].reset_index(drop=True)
         frames["validation"] = train.iloc[held].reset_index(drop=True)
         notes.append(f"no validation split: held out {len(held)} of {len(train)} train rows "
@@ -315,11 +312,9 @@ def load_tabular_dataset(data_cfg: DictConfig, *, task: str, seed: int,
     for note in notes:
         log.warning("note: %s", note)
 
-    def subset(frame, n):
-        if n is None or n >= len(frame):
-            return frame
-        keep = np.sort(np.random.default_rng(seed).permutation(len(frame))[:n])
-        return frame.iloc[keep].reset_index(drop=True)
+    def subset(frame, n):  # exactly n rows, stratified for classification
+        keep = splitting.sample(len(frame), n, seed, keys(frame))
+        return frame if keep is None else frame.iloc[keep].reset_index(drop=True)
 
     frames["train"] = subset(frames["train"], max_train_samples)
     for split in ("validation", "test"):
