@@ -33,7 +33,7 @@ def count_parameters(model) -> int:
 
 @dataclass
 class TrainedRun:
-    """What evaluate/predict need from a finetune run directory."""
+    """What evaluate/predict need from a training run directory."""
 
     run_dir: Path
     ckpt_dir: Path
@@ -41,12 +41,12 @@ class TrainedRun:
     meta: dict
     model: Any
     task: Any
-    tokenizer: Any
+    assets: Any              # what the data kind reads raw inputs with (a tokenizer, ...)
     label_names: list[str]
 
 
 def load_run(run: str, ckpt: str, device) -> TrainedRun:
-    from bigmodel_cli.data.text import load_tokenizer
+    from bigmodel_cli.data import kinds
     from bigmodel_cli.engine.checkpoint import (
         build_model,
         load_weights,
@@ -56,24 +56,22 @@ def load_run(run: str, ckpt: str, device) -> TrainedRun:
 
     ckpt_dir = resolve_checkpoint(Path(run), ckpt)
     run_dir = ckpt_dir.parent.parent if ckpt_dir.parent.name == "checkpoints" else Path(run)
-    config_file = run_dir / ".hydra" / "config.yaml"
-    tokenizer_file, labels_file = run_dir / "tokenizer.json", run_dir / "labels.json"
+    config_file, labels_file = run_dir / ".hydra" / "config.yaml", run_dir / "labels.json"
     meta = read_meta(ckpt_dir)
-    text = meta.get("data_kind", "text") == "text"  # images and tables have no tokenizer
-    for needed in (config_file, labels_file, *([tokenizer_file] if text else [])):
+    for needed in (config_file, labels_file):
         if not needed.is_file():
             raise UsageError(f"run={run}: incomplete run directory, {needed.name} is missing "
                              f"(looked for {needed})")
+    try:
+        label_names = json.loads(labels_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"run={run}: unreadable labels.json ({exc})") from None
+    assets = kinds.module_named(meta.get("data_kind", "text")).load_assets(run_dir, meta)
     model, task = build_model(meta, run_dir)
     load_weights(model, ckpt_dir)
     model.to(device).eval()
-    try:
-        label_names = json.loads(labels_file.read_text(encoding="utf-8"))
-        tokenizer = load_tokenizer(tokenizer_file) if text else None
-    except Exception as exc:
-        raise UsageError(f"run={run}: unreadable labels.json or tokenizer.json ({exc})") from None
     log.info("loaded %s (step %s, %s)", ckpt_dir, meta.get("step"), meta.get("metrics") and
              f"validation {meta.get('monitor')} {meta['metrics'].get(meta.get('monitor'), float('nan')):.4f}")
     return TrainedRun(run_dir=run_dir, ckpt_dir=ckpt_dir, config=OmegaConf.load(config_file),
-                      meta=meta, model=model, task=task, tokenizer=tokenizer,
+                      meta=meta, model=model, task=task, assets=assets,
                       label_names=label_names)

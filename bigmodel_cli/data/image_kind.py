@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -84,21 +83,32 @@ def read_preprocessing(run_dir: Path) -> dict:
                          f"or unreadable ({exc})") from None
 
 
-def predict_batches(trained, cfg: DictConfig, batch_size: int) -> Iterator[tuple[list[dict], dict]]:
-    """(what identifies each row, a batch) for `input=` an image, a folder of images, or a
-    .csv/.tsv/.txt list of image paths; every image decoded and resized as in training."""
-    import torch
+def load_assets(run_dir: Path, meta: dict) -> dict:
+    """The run's preprocessing.json: channels, image size, normalisation."""
+    return read_preprocessing(run_dir)
 
-    from bigmodel_cli.data.images import image_inputs, load_image_file
+
+def read_inputs(cfg: DictConfig, stats: dict) -> Iterator[tuple[dict, Path]]:
+    """({"index", "path"}, path) for `input=` an image, a folder of images, or a
+    .csv/.tsv/.txt list of image paths."""
+    from bigmodel_cli.data.images import image_inputs
 
     if cfg.text is not None or cfg.prompt is not None or cfg.input is None or cfg.input == "-":
         raise UsageError("this run classifies images: give input=IMAGE, input=FOLDER or "
                          "input=LIST.csv (a column of image paths, path_column=)")
-    pre = read_preprocessing(trained.run_dir)
-    paths = image_inputs(str(cfg.input), cfg.path_column)
-    index = 0
-    while chunk := list(islice(paths, batch_size)):
-        pixels = torch.stack([load_image_file(p, pre["channels"], pre["image_size"]) for p in chunk])
-        rows = [{"index": index + i, "path": str(p)} for i, p in enumerate(chunk)]
-        yield rows, {"index": torch.arange(index, index + len(chunk)), "pixels": pixels}
-        index += len(chunk)
+    for index, path in enumerate(image_inputs(str(cfg.input), cfg.path_column)):
+        yield {"index": index, "path": str(path)}, path
+
+
+def encode_inputs(trained, images: list, task) -> tuple[dict, list[bool]]:
+    """Image files (paths) or encoded image bytes -> {"index", "pixels"}, decoded and
+    resized as in training."""
+    import torch
+
+    from bigmodel_cli.data.images import load_image_bytes, load_image_file
+
+    pre = trained.assets
+    pixels = [load_image_bytes(x, pre["channels"], pre["image_size"], f"input {i}")
+              if isinstance(x, bytes) else load_image_file(Path(x), pre["channels"], pre["image_size"])
+              for i, x in enumerate(images)]
+    return {"index": torch.arange(len(images)), "pixels": torch.stack(pixels)}, [False] * len(images)

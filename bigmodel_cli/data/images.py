@@ -343,3 +343,8 @@ def load_image_file(path: Path, channels: int, image_size: int) -> torch.Tensor:
     if not path.is_file():
         raise UsageError(f"{path}: no such image file")
     return resize(torch.from_numpy(decode_image(path, channels, str(path)))[None], image_size)[0]
+
+
+def load_image_bytes(data: bytes, channels: int, image_size: int, where: str) -> torch.Tensor:
+    """An encoded image (PNG, JPEG, ...) as the run's models saw images in training."""
+    return resize(torch.from_numpy(decode_image(data, channels, where))[None], image_size)[0]

@@ -8,8 +8,13 @@
       run_dir (when ctx.is_main), and say how to build batches and the encoder.
   eval_batches(trained, data_cfg, split, batch_size, ctx) -> EvalData
       The batches of one split of a dataset, preprocessed as the trained run was.
-  predict_batches(trained, cfg, batch_size) -> iterator of (rows, batch)    (image, tabular)
-      `bigmodel predict` inputs as batches, with what identifies each row ({"index", ...}).
+  load_assets(run_dir, meta) -> what reading raw inputs needs (a tokenizer, the saved
+      preprocessing), kept in the loaded run as `trained.assets`.
+  read_inputs(cfg, stats) -> iterator of (row, raw)
+      `bigmodel predict`'s inputs, lazily: what identifies each ({"index", ...}) and the
+      raw input itself (a text, an image path, a table row as a dict).
+  encode_inputs(trained, raws, task) -> (batch, truncated flags)
+      Raw inputs (from a file or a request) -> one batch, preprocessed as in training.
 
 The commands do the rest the same way for every kind: the engine trains and evaluates on
 dicts of tensors, the task owns loss and metrics.
@@ -40,6 +45,8 @@ class DataContext:
     rank: int = 0
     world_size: int = 1
     is_main: bool = True
+    model_cfg: Any = None               # the encoder's config (a pretrained model may bring
+    source: Any = None                  # its tokenizer); the model.init_from run, if any
     tokenizer_file: Path | None = None  # use this tokenizer instead of training one
     add_special_tokens: bool = False    # a pretrained tokenizer's [CLS] ... [SEP]
 
@@ -67,7 +74,10 @@ class EvalData:
 
 
 def module(data_cfg) -> Any:
-    kind = data_cfg.kind
+    return module_named(data_cfg.kind)
+
+
+def module_named(kind: str) -> Any:
     if kind not in KINDS:
         raise UsageError(f"data.kind={kind!r}: choose one of {', '.join(KINDS)}")
     return importlib.import_module(KINDS[kind])

@@ -75,7 +75,7 @@ def eval_batches(trained, data_cfg: DictConfig, split: str | None, batch_size: i
     from bigmodel_cli.data.text_kind import choose_split
 
     _check_task(trained.task)
-    pre = load_preprocessor(trained.run_dir)
+    pre = trained.assets
     data = load_tabular_dataset(data_cfg, task=trained.task.name, seed=ctx.seed,
                                 max_train_samples=ctx.max_train_samples,
                                 max_eval_samples=ctx.max_eval_samples)
@@ -85,20 +85,30 @@ def eval_batches(trained, data_cfg: DictConfig, split: str | None, batch_size: i
                     label_names=trained.label_names)
 
 
-def predict_batches(trained, cfg: DictConfig, batch_size: int) -> Iterator[tuple[list[dict], dict]]:
-    """(row numbers, a batch) for `input=` a .csv/.tsv/.parquet file of rows with the run's
-    input columns (others, such as the target, are ignored)."""
-    import torch
+def load_assets(run_dir: Path, meta: dict):
+    """The run's fitted preprocessing (preprocessing.json)."""
+    return load_preprocessor(run_dir)
 
+
+def read_inputs(cfg: DictConfig, stats: dict) -> Iterator[tuple[dict, dict]]:
+    """({"index"}, row as a dict) for `input=` a .csv/.tsv/.parquet file of rows with the
+    run's input columns (others, such as the target, are ignored)."""
     from bigmodel_cli.data.tabular import read_table
 
     if cfg.text is not None or cfg.prompt is not None or cfg.input is None or cfg.input == "-":
         raise UsageError("this run predicts from table rows: give input=ROWS.csv (or .tsv, "
                          ".parquet) with the columns it was trained on")
-    pre = load_preprocessor(trained.run_dir)
     frame = read_table(Path(str(cfg.input)).expanduser())
-    features = torch.from_numpy(pre.transform(frame, f"input={cfg.input}"))
-    for start in range(0, len(frame), batch_size):
-        stop = min(start + batch_size, len(frame))
-        yield ([{"index": i} for i in range(start, stop)],
-               {"index": torch.arange(start, stop), "features": features[start:stop]})
+    for index, row in enumerate(frame.to_dict("records")):
+        yield {"index": index}, row
+
+
+def encode_inputs(trained, rows: list[dict], task) -> tuple[dict, list[bool]]:
+    """Table rows (dicts of column -> value) -> {"index", "features"}, transformed with the
+    run's saved preprocessing (a missing column or a non-numeric value is a UsageError)."""
+    import pandas as pd
+    import torch
+
+    frame = pd.DataFrame.from_records(rows)
+    features = torch.from_numpy(trained.assets.transform(frame, "input rows"))
+    return {"index": torch.arange(len(rows)), "features": features}, [False] * len(rows)

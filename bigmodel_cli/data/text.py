@@ -96,11 +96,18 @@ def encode_texts(tokenizer, texts: list[str], max_length: int | None,
     tokenizer.no_padding()
     tokenizer.no_truncation()
     encodings = tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
-    ids = [e.ids for e in encodings]
+    ids, truncated = cut_to_length([e.ids for e in encodings], max_length, add_special_tokens)
+    return ids, sum(truncated)
+
+
+def cut_to_length(ids: list[list[int]], max_length: int | None,
+                  add_special_tokens: bool = False) -> tuple[list[list[int]], list[bool]]:
+    """Each row cut to max_length tokens (None: left whole), and which rows were cut.
+    A pretrained tokenizer's closing special token ([SEP]) is kept at the end of a cut row."""
     if max_length is None:
-        return ids, 0
-    truncated = sum(1 for i in ids if len(i) > max_length)
-    if add_special_tokens:  # keep the closing special token ([SEP]) of a truncated text
+        return ids, [False] * len(ids)
+    truncated = [len(i) > max_length for i in ids]
+    if add_special_tokens:
         return [i if len(i) <= max_length else i[:max_length - 1] + i[-1:] for i in ids], truncated
     return [i[:max_length] for i in ids], truncated
 

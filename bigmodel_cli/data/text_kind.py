@@ -55,11 +55,13 @@ def _batches_factory(cfg: DictConfig, ctx: DataContext):
 
 
 def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
+    from bigmodel_cli.commands.transfer import choose_tokenizer
     from bigmodel_cli.data.sources import load_text_dataset
     from bigmodel_cli.data.text import SEP, load_tokenizer, tokenize_splits
     from bigmodel_cli.engine import distributed
     from bigmodel_cli.jsonfiles import write_json
 
+    choose_tokenizer(cfg, ctx.model_cfg, ctx.source, ctx, run_dir)  # sets ctx.tokenizer_file
     data = load_text_dataset(cfg.data, seed=ctx.seed, cache_dir=ctx.cache_dir,
                              max_train_samples=ctx.max_train_samples,
                              max_eval_samples=ctx.max_eval_samples)
@@ -115,7 +117,7 @@ def eval_batches(trained, data_cfg: DictConfig, split: str | None, batch_size: i
     if trained.task.needs_labels and data.label_names != trained.label_names:
         raise UsageError(f"the labels of the data ({data.label_names}) differ from the run's "
                          f"labels.json ({trained.label_names})")
-    encoded, _ = encode(trained.tokenizer, ds["text"], labels, encoding,
+    encoded, _ = encode(trained.assets, ds["text"], labels, encoding,
                         trained.task.needs_labels)
     return EvalData(split=split, batches=TextBatches(encoded, batch_size, shuffle=False),
                     label_names=data.label_names)
@@ -137,3 +139,39 @@ def choose_split(splits: dict, split: str | None, data_cfg: DictConfig) -> str:
         log.warning("note: %s has no %s split; evaluating on validation", data_cfg.name, wanted)
         return "validation"
     raise UsageError(f"split={wanted}: the dataset has no such split (it has {', '.join(splits)})")
+
+
+def load_assets(run_dir: Path, meta: dict):
+    """The run's tokenizer (tokenizer.json)."""
+    from bigmodel_cli.data.text import load_tokenizer
+
+    path = Path(run_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise UsageError(f"run={run_dir}: incomplete run directory, tokenizer.json is missing "
+                         f"(looked for {path})")
+    try:
+        return load_tokenizer(path)
+    except Exception as exc:
+        raise UsageError(f"run={run_dir}: unreadable tokenizer.json ({exc})") from None
+
+
+def read_inputs(cfg: DictConfig, stats: dict):
+    from bigmodel_cli.data.text_inputs import read_inputs as read_texts
+
+    return read_texts(cfg, stats)
+
+
+def encode_inputs(trained, texts: list[str], task) -> tuple[dict, list[bool]]:
+    """Texts -> {"index", "input_ids", "lengths"}, cut to the run's max length as in
+    training, unless the task reads whole inputs (generation slides its window instead)."""
+    import torch
+
+    from bigmodel_cli.data.text import cut_to_length, encode_texts, to_tensors
+
+    encoding = encoding_of(trained.meta)
+    limit = encoding["max_length"] if task.truncates_inputs else None
+    ids, _ = encode_texts(trained.assets, texts, None, encoding["add_special_tokens"])
+    ids, truncated = cut_to_length(ids, limit, encoding["add_special_tokens"])
+    batch = to_tensors(ids)
+    return ({"index": torch.arange(len(texts)), "input_ids": batch.input_ids,
+             "lengths": batch.lengths}, truncated)

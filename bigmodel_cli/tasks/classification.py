@@ -65,6 +65,10 @@ class ClassificationTask:
     name = "classification"
     needs_labels = True
     block_overlap = 0
+    truncates_inputs = True    # texts longer than the run's max length are cut, as in training
+    generates_text = False     # predictions are records (a generating task streams text)
+    default_top_k = 3
+    summary_metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
 
     def __init__(self, head_dropout: float = 0.0, label_smoothing: float = 0.0) -> None:
         self.head_dropout = head_dropout
@@ -85,3 +89,43 @@ class ClassificationTask:
 
     def new_metrics(self, num_labels: int) -> ClassificationMetrics:
         return ClassificationMetrics(num_labels)
+
+    # -- evaluate and predict ----------------------------------------------------------------
+    def write_reports(self, metrics: ClassificationMetrics, run_dir, title: str,
+                      label_names: list[str]):
+        """evaluate's files: per_class.csv, confusion_matrix.csv and its plot. Returns the
+        per-class table, to show."""
+        from bigmodel_cli.tasks.reports import classification_reports, plot_confusion
+
+        y_true, y_pred = metrics.arrays()
+        per_class, confusion = classification_reports(y_true, y_pred, label_names)
+        per_class.to_csv(run_dir / "per_class.csv", index=False)
+        confusion.to_csv(run_dir / "confusion_matrix.csv")
+        accuracy = float((y_true == y_pred).mean()) if len(y_true) else float("nan")
+        plot_confusion(confusion, run_dir / "plots" / "confusion_matrix.png",
+                       f"{title}: accuracy {accuracy:.4f}")
+        return per_class
+
+    def check_predict_options(self, options, label_names: list[str]):
+        from dataclasses import replace
+
+        k = self.default_top_k if options.top_k is None else options.top_k
+        _check_top_k(k, minimum=1)
+        return replace(options, top_k=min(k, len(label_names)))
+
+    def predict_records(self, trained, batch: dict, rows: list[dict], raws: list, options,
+                        device, on_text=None) -> list[dict]:
+        """{**row, "label", "label_id", "top_k": [{"label", "prob"}, ...]} per input."""
+        names = trained.label_names
+        probs = torch.softmax(self.forward(trained.model, batch).float(), dim=-1).cpu()
+        top_p, top_i = probs.topk(options.top_k, dim=-1)
+        return [{**row, "label": names[i_row[0]], "label_id": i_row[0],
+                 "top_k": [{"label": names[i], "prob": round(p, 6)} for p, i in zip(p_row, i_row)]}
+                for row, p_row, i_row in zip(rows, top_p.tolist(), top_i.tolist())]
+
+
+def _check_top_k(k, minimum: int) -> None:
+    from bigmodel_cli.errors import UsageError
+
+    if not isinstance(k, int) or isinstance(k, bool) or k < minimum:
+        raise UsageError(f"top_k={k}: must be a whole number, at least {minimum}")

@@ -82,6 +82,9 @@ class _LMTask:
     needs_labels = False
     block_overlap = 0      # extra token per packed block (a causal LM's shifted target)
     transform = False
+    truncates_inputs = True
+    generates_text = False
+    summary_metrics = ("loss", "perplexity", "accuracy")
 
     def build_model(self, encoder: nn.Module, num_labels: int = 0) -> LanguageModel:
         if not hasattr(encoder, "token_states"):
@@ -98,6 +101,9 @@ class _LMTask:
 
     def new_metrics(self, num_labels: int = 0) -> LMMetrics:
         return LMMetrics()
+
+    def write_reports(self, metrics, run_dir, title: str, label_names: list[str]) -> None:
+        """Nothing besides metrics.json for language models."""
 
 
 class MaskedLMTask(_LMTask):
@@ -146,9 +152,92 @@ class MaskedLMTask(_LMTask):
         return {"logits": logits, "targets": targets[positions]}
 
 
+    default_top_k = 5
+
+    def check_predict_options(self, options, label_names: list[str]):
+        from dataclasses import replace
+
+        from bigmodel_cli.tasks.classification import _check_top_k
+
+        k = self.default_top_k if options.top_k is None else options.top_k
+        _check_top_k(k, minimum=1)
+        return replace(options, top_k=k)
+
+    def predict_records(self, trained, batch: dict, rows: list[dict], raws: list, options,
+                        device, on_text=None) -> list[dict]:
+        """{**row, "text", "filled", "masks": [{"position", "fills": [{"token", "prob"}]}]}:
+        the top_k most likely tokens at each [MASK] of the text (special tokens excluded),
+        and the text with each [MASK] replaced by its most likely fill."""
+        from bigmodel_cli.data.text import MASK
+        from bigmodel_cli.errors import UsageError
+
+        ids, tokenizer = batch["input_ids"], trained.assets
+        positions = ids == MASK_ID
+        for row, text, has_mask in zip(rows, raws, positions.any(-1).tolist()):
+            if not has_mask:
+                raise UsageError(f"input {row['index']}: no {MASK} in {text!r}; mark each token "
+                                 f"to fill with {MASK}")
+        logits = trained.model(ids, batch["lengths"], positions).float()
+        logits[:, :MASK_ID + 1] = float("-inf")
+        probs = torch.softmax(logits, -1).cpu()
+        top_p, top_i = probs.topk(min(options.top_k, probs.shape[-1]), -1)
+        masks_of: dict[int, list] = {}
+        for (r, pos), p_row, i_row in zip(positions.nonzero().tolist(), top_p.tolist(),
+                                          top_i.tolist()):
+            masks_of.setdefault(r, []).append(
+                {"position": pos, "fills": [{"token": tokenizer.id_to_token(i), "prob": round(p, 6)}
+                                            for p, i in zip(p_row, i_row)]})
+        records = []
+        for r, (row, text) in enumerate(zip(rows, raws)):
+            filled = text
+            for m in masks_of[r]:
+                filled = filled.replace(MASK, m["fills"][0]["token"].removeprefix("##"), 1)
+            records.append({**row, "text": text, "filled": filled, "masks": masks_of[r]})
+        return records
+
+
 class CausalLMTask(_LMTask):
     name = "clm"
     block_overlap = 1
+    truncates_inputs = False   # a long prompt is read whole: generation slides its window
+    generates_text = True
+    default_top_k = 50
+
+    def check_predict_options(self, options, label_names: list[str]):
+        from dataclasses import replace
+
+        from bigmodel_cli.errors import UsageError
+        from bigmodel_cli.tasks.classification import _check_top_k
+
+        k = self.default_top_k if options.top_k is None else options.top_k
+        _check_top_k(k, minimum=0)  # 0: sample from every token
+        if not isinstance(options.max_new_tokens, int) or options.max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens={options.max_new_tokens}: must be at least 1")
+        if options.temperature < 0:
+            raise UsageError(f"temperature={options.temperature}: must be 0 (greedy) or more")
+        return replace(options, top_k=k)
+
+    def predict_records(self, trained, batch: dict, rows: list[dict], raws: list, options,
+                        device, on_text=None) -> list[dict]:
+        """{**row, "prompt", "generated"} per prompt. Each prompt's sampling is seeded by
+        `options.seed` and its index: the same request, the same text."""
+        from bigmodel_cli.tasks.generation import generate
+
+        records = []
+        for r, (row, prompt) in enumerate(zip(rows, raws)):
+            ids = batch["input_ids"][r, :int(batch["lengths"][r])].tolist()
+            generator = torch.Generator(device=device).manual_seed(
+                int(options.seed) * 1_000_003 + int(row["index"]))
+            if on_text is not None:
+                on_text(r, "")
+            generated = generate(trained.model, trained.assets, ids,
+                                 max_new_tokens=options.max_new_tokens,
+                                 temperature=options.temperature, top_k=options.top_k,
+                                 generator=generator, device=device,
+                                 on_piece=None if on_text is None else
+                                 (lambda piece, r=r: on_text(r, piece)))
+            records.append({**row, "prompt": prompt, "generated": generated})
+        return records
 
     def forward(self, model: nn.Module, batch: dict) -> dict:
         ids, lengths = batch["input_ids"], batch["lengths"]

@@ -76,6 +76,9 @@ class RegressionTask:
     name = "regression"
     needs_labels = True
     block_overlap = 0
+    truncates_inputs = True
+    generates_text = False
+    default_top_k = None   # a regression prediction has no ranking
 
     summary_metrics = ("r2", "rmse", "mae", "mse", "loss")
 
@@ -104,7 +107,8 @@ class RegressionTask:
     def new_metrics(self, num_targets: int = 1) -> RegressionMetrics:
         return RegressionMetrics()
 
-    def write_reports(self, metrics: RegressionMetrics, run_dir, title: str) -> None:
+    def write_reports(self, metrics: RegressionMetrics, run_dir, title: str,
+                      label_names: list[str]) -> None:
         """evaluate's files: predictions.csv (true and predicted values, original units) and
         plots/predicted_vs_true.png (a scatter plot with the y = x line)."""
         import pandas as pd
@@ -119,6 +123,18 @@ class RegressionTask:
         pd.DataFrame(columns).to_csv(run_dir / "predictions.csv", index=False)
         plot_scatter(y_true, y_pred, run_dir / "plots" / "predicted_vs_true.png",
                      f"{title}: R² {scores['r2']:.4f}, RMSE {scores['rmse']:.4g}")
+
+    def check_predict_options(self, options, label_names: list[str]):
+        return options
+
+    def predict_records(self, trained, batch: dict, rows: list[dict], raws: list, options,
+                        device, on_text=None) -> list[dict]:
+        """{**row, "prediction": value} per input, in the target's original units (several
+        targets: a mapping of target name -> value)."""
+        values = self.forward(trained.model, batch)["value"].float().cpu().tolist()
+        names = trained.label_names
+        return [{**row, "prediction": v[0] if len(v) == 1 else dict(zip(names, v))}
+                for row, v in zip(rows, values)]
 
 
 def plot_scatter(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -> None:
