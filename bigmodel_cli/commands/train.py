@@ -17,34 +17,66 @@ log = logging.getLogger("bigmodel")
 
 
 def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
-    import torch
-
-    from bigmodel_cli.commands import transfer
-    from bigmodel_cli.data import kinds
-    from bigmodel_cli.engine import distributed
-    from bigmodel_cli.engine.checkpoint import load_state, load_weights, read_meta, unwrap
-    from bigmodel_cli.engine.optim import build_optimizers
-    from bigmodel_cli.engine.plots import training_curves
-    from bigmodel_cli.engine.runtime import seed_everything, select_device, versions
-    from bigmodel_cli.engine.trainer import Trainer, TrainSettings, autocast, evaluate
-    from bigmodel_cli.jsonfiles import write_json
-    from bigmodel_cli.runs import record_invocation, resume_checkpoint
+    """Train as configured; returns the summary written to metrics.json."""
+    from bigmodel_cli.engine.checkpoint import load_weights
+    from bigmodel_cli.engine.runtime import seed_everything
+    from bigmodel_cli.engine.strategy import Strategy
+    from bigmodel_cli.runs import record_invocation
 
     started = time.time()
-    rank, world_size = distributed.world()
-    is_main = rank == 0
-    if world_size > 1:
-        distributed.init()
-    resume_state = None
-    if cfg.trainer.resume:
-        ckpt_dir = resume_checkpoint(cfg.trainer.resume, run_dir)
-        cfg = _config_to_resume(cfg, read_meta(ckpt_dir), run_dir)
-        resume_state = load_state(ckpt_dir)
-    if is_main:
-        record_invocation(run_dir, resumed=resume_state is not None)
-    trainer_cfg = cfg.trainer
+    strategy = Strategy.from_environment()
+    cfg, resume = _resume_point(cfg, run_dir)
+    if strategy.is_main:
+        record_invocation(run_dir, resumed=resume is not None)
+    settings, device = _settings_and_device(cfg, strategy)
+    seed_everything(cfg.seed)
+    task = build(cfg.task, "task")
+    source, model_cfg, prepared = _prepare_data(cfg, run_dir, task, strategy)
+    model = _build_model(cfg, task, model_cfg, prepared, source, run_dir, strategy).to(device)
+    trainer = _trainer(cfg, command, run_dir, task, model, model_cfg, prepared, settings,
+                       device, strategy)
+    if resume is not None:
+        load_weights(trainer.model, resume[0])
+    fit = trainer.fit(_batches(cfg, prepared, "train"), _batches(cfg, prepared, "validation"),
+                      None if resume is None else resume[1])
+    strategy.barrier()  # rank 0 has written its checkpoints
+    if not strategy.is_main:
+        return {"paused": fit["paused"], "steps": fit["steps"], "rank": strategy.rank}
+    if fit["paused"]:
+        log.info("paused after step %d (trainer.pause_after_steps=%d); continue with: "
+                 "bigmodel %s trainer.resume=%s", fit["steps"], settings.pause_after_steps,
+                 command, run_dir)
+        print(run_dir, flush=True)
+        return {"paused": True, "steps": fit["steps"]}
+    test_metrics = _score_test(cfg, trainer, prepared, run_dir)
+    summary = _summary(cfg, command, run_dir, task, prepared, fit, test_metrics, trainer,
+                       strategy, started)
+    from bigmodel_cli.jsonfiles import write_json
+
+    write_json(run_dir / "metrics.json", summary)
+    print_summary(summary, task)
+    print(run_dir, flush=True)  # stdout: the run directory, for scripts
+    return summary
+
+
+def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, tuple | None]:
+    """With trainer.resume: the run's own config and (checkpoint dir, training state)."""
+    from bigmodel_cli.engine.checkpoint import load_state, read_meta
+    from bigmodel_cli.runs import resume_checkpoint
+
+    if not cfg.trainer.resume:
+        return cfg, None
+    ckpt_dir = resume_checkpoint(cfg.trainer.resume, run_dir)
+    cfg = _config_to_resume(cfg, read_meta(ckpt_dir), run_dir)
+    return cfg, (ckpt_dir, load_state(ckpt_dir))
+
+
+def _settings_and_device(cfg: DictConfig, strategy):
+    from bigmodel_cli.engine.runtime import select_device
+    from bigmodel_cli.engine.trainer import TrainSettings, autocast
+
     try:
-        settings = TrainSettings.from_config(trainer_cfg)
+        settings = TrainSettings.from_config(cfg.trainer)
         settings.precision = cfg.device.precision
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -53,57 +85,60 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         autocast(device, settings.precision)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    seed_everything(cfg.seed)
-    task = build(cfg.task, "task")
+    return settings, strategy.device(device)
+
+
+def _prepare_data(cfg: DictConfig, run_dir: Path, task, strategy):
+    """(transfer source, encoder config, prepared data): the data kind loads, splits and
+    preprocesses the data (with the source run's tokenizer when there is one)."""
+    from bigmodel_cli.commands import transfer
+    from bigmodel_cli.data import kinds
+
     source = transfer.source_run(cfg) if cfg.model.init_from else None
     model_cfg = transfer.model_config(cfg, source)
     ctx = kinds.DataContext(seed=cfg.seed, cache_dir=Path(cfg.cache_dir).expanduser(),
-                            max_train_samples=trainer_cfg.max_train_samples,
-                            max_eval_samples=trainer_cfg.max_eval_samples, rank=rank,
-                            world_size=world_size, is_main=is_main)
-    if cfg.data.kind == "text":
-        transfer.choose_tokenizer(cfg, model_cfg, source, ctx, run_dir)
-    prepared = kinds.module(cfg.data).prepare(cfg, run_dir, ctx, task)
-    num_labels = len(prepared.label_names)
+                            max_train_samples=cfg.trainer.max_train_samples,
+                            max_eval_samples=cfg.trainer.max_eval_samples, rank=strategy.rank,
+                            world_size=strategy.world_size, is_main=strategy.is_main,
+                            model_cfg=model_cfg, source=source)
+    return source, model_cfg, kinds.module(cfg.data).prepare(cfg, run_dir, ctx, task)
+
+
+def _build_model(cfg: DictConfig, task, model_cfg, prepared, source, run_dir: Path, strategy):
+    """The task's model around the configured encoder; weights from model.init_from."""
+    from bigmodel_cli.commands import transfer
+    from bigmodel_cli.jsonfiles import write_json
+
     encoder = build(model_cfg, "model", **prepared.model_args)
     try:
-        model = task.build_model(encoder, num_labels)
+        model = task.build_model(encoder, len(prepared.label_names))
     except ValueError as exc:
         raise UsageError(f"task={task.name} with model={cfg.model._target_.rsplit('.', 1)[-1]}: "
                          f"{exc}") from None
     if source is not None:
         report = transfer.load_matching(model, source, prepared.label_names)
-        if is_main:
+        if strategy.is_main:
             write_json(run_dir / "init_from.json", report)
     if cfg.model.freeze_encoder:
         for p in model.encoder.parameters():
             p.requires_grad_(False)
         log.info("model.freeze_encoder=true: only the head is trained")
-    model = model.to(device)
+    return model
+
+
+def _trainer(cfg: DictConfig, command: str, run_dir: Path, task, model, model_cfg, prepared,
+             settings, device, strategy):
+    """The engine, with the optimizers, the wrapped model and what every checkpoint records."""
+    from bigmodel_cli.engine.optim import build_optimizers
+    from bigmodel_cli.engine.runtime import versions
+    from bigmodel_cli.engine.trainer import Trainer
+
     optimizers = build_optimizers(model, build(cfg.optimizer, "optimizer"), cfg.optimizer,
                                   head_lr_mult=cfg.model.head_lr_mult)
-    if cfg.device.compile:  # opt-in; checkpoints are saved from the uncompiled module
-        model = torch.compile(model)
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        from bigmodel_cli.engine.optim import sparse_parameters
-
-        if sparse_parameters(model):
-            raise UsageError("sparse embedding gradients are not supported under torchrun: "
-                             "set model.sparse=false")
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    scheduler_factory = build(cfg.scheduler, "scheduler")
-    n_params = count_parameters(model)
-    log.info("model: %s, %s parameters", cfg.model._target_.rsplit(".", 1)[-1], f"{n_params:,}")
-
-    def batches(split: str, train: bool):
-        size = trainer_cfg.batch_size if train else trainer_cfg.eval_batch_size
-        return prepared.batches(split, size, train)
-
+    wrapped = strategy.wrap(model, device, compile=cfg.device.compile)
+    log.info("model: %s, %s parameters", cfg.model._target_.rsplit(".", 1)[-1],
+             f"{count_parameters(model):,}")
+    num_labels = len(prepared.label_names)
     checkpoint_meta = {
         "format": 1, "command": command,
         "model": OmegaConf.to_container(model_cfg, resolve=True),
@@ -114,38 +149,47 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         "max_length": prepared.encoding.get("max_length"), "versions": versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    trainer = Trainer(model, task, optimizers, scheduler_factory, device, settings, run_dir,
-                      checkpoint_meta, new_metrics=lambda: task.new_metrics(num_labels),
-                      distributed=world_size > 1, is_main=is_main)
-    if resume_state is not None:
-        load_weights(model, ckpt_dir)
-    fit = trainer.fit(batches("train", True), batches("validation", False), resume_state)
-    if world_size > 1:
-        distributed.barrier()  # rank 0 has written its checkpoints
-        if not is_main:
-            return {"paused": fit["paused"], "steps": fit["steps"], "rank": rank}
-    if fit["paused"]:
-        log.info("paused after step %d (trainer.pause_after_steps=%d); continue with: "
-                 "bigmodel %s trainer.resume=%s", fit["steps"], settings.pause_after_steps,
-                 command, run_dir)
-        print(run_dir, flush=True)
-        return {"paused": True, "steps": fit["steps"]}
+    return Trainer(wrapped, task, optimizers, build(cfg.scheduler, "scheduler"), device,
+                   settings, run_dir, checkpoint_meta,
+                   new_metrics=lambda: task.new_metrics(num_labels), strategy=strategy)
+
+
+def _batches(cfg: DictConfig, prepared, split: str):
+    train = split == "train"
+    size = cfg.trainer.batch_size if train else cfg.trainer.eval_batch_size
+    return prepared.batches(split, size, train)
+
+
+def _score_test(cfg: DictConfig, trainer, prepared, run_dir: Path) -> dict | None:
+    """The best checkpoint on the test split (when the data has one), logged as a record."""
+    from bigmodel_cli.engine.checkpoint import load_weights, unwrap
+    from bigmodel_cli.engine.plots import training_curves
+    from bigmodel_cli.engine.trainer import evaluate
 
     test_metrics = None
     if "test" in prepared.splits:
-        load_weights(model, run_dir / "checkpoints" / "best")
-        test_metrics = evaluate(unwrap(model), task, batches("test", False), device,
-                                task.new_metrics(num_labels), precision=settings.precision)
+        load_weights(trainer.model, run_dir / "checkpoints" / "best")
+        test_metrics = evaluate(unwrap(trainer.model), trainer.task,
+                                _batches(cfg, prepared, "test"), trainer.device,
+                                trainer.new_metrics(), precision=trainer.settings.precision)
         trainer.metrics_log.write({"split": "test", "step": trainer.step, "checkpoint": "best",
                                    **test_metrics})
     training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training_curves.png",
-                    settings.monitor)
-    summary = {
+                    trainer.settings.monitor)
+    return test_metrics
+
+
+def _summary(cfg: DictConfig, command: str, run_dir: Path, task, prepared, fit: dict,
+             test_metrics: dict | None, trainer, strategy, started: float) -> dict:
+    from bigmodel_cli.engine.runtime import versions
+
+    world_size = strategy.world_size
+    return {
         "command": command, "run_dir": str(run_dir), "task": task.name,
         "model": cfg.model._target_, "data": cfg.data.name, "data_source": prepared.source,
         "data_dir": str(prepared.folder.resolve()) if prepared.folder else None,
         "data_notes": prepared.notes, "splits": {k: len(v) for k, v in prepared.splits.items()},
-        "monitor": settings.monitor, "monitor_mode": settings.monitor_mode,
+        "monitor": trainer.settings.monitor, "monitor_mode": trainer.settings.monitor_mode,
         "best_step": fit["best_step"],
         "best_validation": fit["best_validation"], "last_validation": fit["last_validation"],
         "test": test_metrics, "steps": fit["steps"], "epochs": fit["epochs"],
@@ -153,16 +197,16 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         "train_time_s": round(fit["train_time_s"], 3),
         "samples_per_s": round(fit["samples_per_s"] * world_size, 1),
         "tokens_per_s": round(fit["tokens_per_s"] * world_size, 1), "world_size": world_size,
-        "total_time_s": round(time.time() - started, 3), "parameters": n_params,
-        "device": str(device), "seed": cfg.seed, "versions": versions(),
+        "total_time_s": round(time.time() - started, 3),
+        "parameters": count_parameters(trainer.model),
+        "device": str(trainer.device), "seed": cfg.seed, "versions": versions(),
     }
-    write_json(run_dir / "metrics.json", summary)
-    print_summary(summary, task)
-    print(run_dir, flush=True)  # stdout: the run directory, for scripts
-    return summary
 
 
 RESUME_FROM_COMMAND_LINE = ("resume", "pause_after_steps", "progress")
+# The training budget may be changed on resume (train on past a finished run, or stop
+# earlier); the engine rebuilds the learning-rate schedule for it (Trainer._adapt_budget).
+BUDGET = ("max_steps", "epochs")
 
 
 def _config_to_resume(cfg: DictConfig, meta: dict, run_dir: Path) -> DictConfig:
@@ -178,15 +222,32 @@ def _config_to_resume(cfg: DictConfig, meta: dict, run_dir: Path) -> DictConfig:
 
     now = OmegaConf.to_container(cfg, resolve=True)
     given = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    _change_budget(saved, cfg, given, meta)
+    own_keys = {f"trainer.{k}" for k in (*RESUME_FROM_COMMAND_LINE, *BUDGET)}
     differs = sorted(key for key in _differences(now, meta["config"])
                      if any(key == g or key.startswith(f"{g}.") for g in given)
-                     and key not in {f"trainer.{k}" for k in RESUME_FROM_COMMAND_LINE})
+                     and key not in own_keys)
     if differs:
         log.warning("resuming with the run's own config; ignored (different now): %s",
                     ", ".join(differs))
     OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")
     OmegaConf.set_struct(saved, True)
     return saved
+
+
+def _change_budget(saved: DictConfig, cfg: DictConfig, given: list[str], meta: dict) -> None:
+    """trainer.max_steps / trainer.epochs given on the command line replace the run's own."""
+    for key in BUDGET:
+        if f"trainer.{key}" not in given or cfg.trainer[key] == saved.trainer[key]:
+            continue
+        value = cfg.trainer[key]
+        done = meta["step"] if key == "max_steps" else meta["epoch"] - 1
+        if value is not None and value < done:
+            raise UsageError(f"trainer.{key}={value}: this run has already trained "
+                             f"{meta['step']} steps ({meta['epoch']} epochs begun); a resume "
+                             f"can raise its budget but not go below what is done")
+        log.info("resuming with a new budget: trainer.%s %s -> %s", key, saved.trainer[key], value)
+        saved.trainer[key] = value
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> set[str]:
@@ -201,10 +262,6 @@ def _differences(a: dict, b: dict, prefix: str = "") -> set[str]:
     return out
 
 
-SUMMARY_METRICS = {"classification": ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"),
-                   "mlm": ("loss", "perplexity", "accuracy"), "clm": ("loss", "perplexity", "accuracy")}
-
-
 def print_summary(summary: dict, task) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -215,7 +272,7 @@ def print_summary(summary: dict, task) -> None:
     for col in ("validation (best)", "test"):
         table.add_column(col, justify="right")
     best, test = summary["best_validation"] or {}, summary["test"] or {}
-    keys = getattr(task, "summary_metrics", None) or SUMMARY_METRICS.get(task.name) or tuple(best)
+    keys = task.summary_metrics
     for key in keys:
         table.add_row(key, *(f"{m[key]:.4f}" if key in m else "-" for m in (best, test)))
     console = Console(stderr=True)

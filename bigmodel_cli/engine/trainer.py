@@ -29,7 +29,8 @@ from torch import nn
 from bigmodel_cli.engine.checkpoint import save_checkpoint
 from bigmodel_cli.engine.progress import Progress, choose_mode
 from bigmodel_cli.engine.runtime import MetricsLog, restore_rng_state, rng_state
-from bigmodel_cli.errors import Interrupted, NonFiniteLoss
+from bigmodel_cli.engine.strategy import Strategy
+from bigmodel_cli.errors import Interrupted, NonFiniteLoss, UsageError
 
 log = logging.getLogger("bigmodel")
 
@@ -134,11 +135,12 @@ class Trainer:
     def __init__(self, model: nn.Module, task: Any, optimizers: list[torch.optim.Optimizer],
                  scheduler_factory: Callable[..., Any], device: torch.device,
                  settings: TrainSettings, run_dir: Path, checkpoint_meta: dict,
-                 new_metrics: Callable[[], Any], distributed: bool = False,
-                 is_main: bool = True) -> None:
+                 new_metrics: Callable[[], Any], strategy: Strategy | None = None) -> None:
         self.model = model
-        self.distributed = distributed  # all ranks agree on stops; only the main one writes
-        self.is_main = is_main
+        self.strategy = strategy or Strategy()
+        # All ranks agree on stops and take part in saving; only the main one writes.
+        self.distributed = self.strategy.distributed
+        self.is_main = self.strategy.is_main
         self.task = task
         self.optimizers = optimizers
         self.scheduler_factory = scheduler_factory
@@ -147,7 +149,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.checkpoint_meta = checkpoint_meta
         self.new_metrics = new_metrics
-        self.metrics_log = MetricsLog(run_dir, enabled=is_main)
+        self.metrics_log = MetricsLog(run_dir, enabled=self.is_main)
         self.step = 0
         self.epoch = 0            # the epoch in progress (1-based once training starts)
         self.batches_done = 0     # micro-batches of that epoch already trained on
@@ -160,6 +162,7 @@ class Trainer:
         self.tokens = 0           # real (non-padding) tokens trained on, for text batches
         self.train_time = 0.0
         self.skipped_steps = 0
+        self.total_steps = 0      # the budget of this fit (saved: a resume may change it)
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -170,7 +173,8 @@ class Trainer:
                 "best": self.best, "best_metrics": self.best_metrics, "best_step": self.best_step,
                 "last_val": self.last_val, "bad_evals": self.bad_evals, "samples": self.samples,
                 "tokens": self.tokens, "train_time": self.train_time, "skipped_steps": self.skipped_steps,
-                "scaler": self.scaler.state_dict(), "rng": rng_state()}
+                "scaler": self.scaler.state_dict(), "rng": rng_state(),
+                "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict) -> None:
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
@@ -185,6 +189,28 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
 
+    def _adapt_budget(self, before: int, now: int) -> None:
+        """A resume with another budget (trainer.max_steps or trainer.epochs changed): the
+        learning-rate schedule is rebuilt for the new total number of steps and continues at
+        the current step, so the steps still to come follow the schedule a run with this
+        budget from the start would have had. Same budget: nothing changes (exact resume)."""
+        if before == now:
+            return
+        if now < self.step:
+            raise UsageError(f"the new budget ({now} steps) is below the {self.step} steps this "
+                             "run has already trained; give a larger trainer.max_steps or "
+                             "trainer.epochs, or leave them as they were")
+        old_lr = self.optimizers[0].param_groups[0]["lr"]
+        for scheduler in self.schedulers:  # the lr of the current step, by the new schedule
+            groups = scheduler.optimizer.param_groups
+            for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in groups]
+        log.info("budget changed from %d to %d steps: the learning-rate schedule is rebuilt "
+                 "for %d steps and continues at step %d (lr %.3g; the previous schedule had "
+                 "%.3g)", before, now, now, self.step, self.optimizers[0].param_groups[0]["lr"],
+                 old_lr)
+
     # -- helpers ---------------------------------------------------------------------------
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -194,10 +220,11 @@ class Trainer:
     def _save(self, name: str, metrics: dict | None, with_state: bool) -> None:
         meta = {**self.checkpoint_meta, "epoch": self.epoch, "step": self.step,
                 "metrics": metrics, "monitor": self.settings.monitor, "best": self.best}
+        model = self.strategy.full_model(self.model)  # collective: every rank takes part
         if not self.is_main:
             return
         state = self.state_dict() if with_state else None
-        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, meta, state)
+        save_checkpoint(self.run_dir / "checkpoints" / name, model, meta, state)
 
     def _validate(self, validation: Any, progress: Progress) -> bool:
         """Evaluate, log, keep best/last checkpoints. Returns True when training should stop."""
@@ -261,6 +288,7 @@ class Trainer:
         s = self.settings
         steps_per_epoch = math.ceil(len(train) / s.grad_accum_steps)
         total_steps = s.max_steps or steps_per_epoch * s.epochs
+        self.total_steps = total_steps
         epochs = math.ceil(total_steps / steps_per_epoch)
         self.schedulers = [self.scheduler_factory(o, total_steps=total_steps)
                            for o in self.optimizers]
@@ -275,6 +303,7 @@ class Trainer:
                 self.epoch -= 1  # continue inside the epoch it stopped in
             log.info("resumed at step %d (epoch %d, %d batches into it)", self.step,
                      self.epoch + 1, self.batches_done)
+            self._adapt_budget(resume_state.get("total_steps", total_steps), total_steps)
         # Clipping covers dense gradients; sparse embedding rows are bounded by their optimizer.
         clipped = [p for o in self.optimizers if not isinstance(o, torch.optim.SparseAdam)
                    for g in o.param_groups for p in g["params"]]
