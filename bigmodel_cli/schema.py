@@ -8,9 +8,10 @@ that several options share (`model.dropout`) has one spec, whose choices are the
 what those options accept; the code that uses a value may still check it more closely.
 
 Adding a key to conf/ means adding its line here; tests/test_config_types.py composes every
-option of every group and fails on a key without one. A new group `logger` is a block of
-`"logger.<key>": ...` lines. `a.b.*` declares every child of the mapping `a.b` (free names,
-e.g. data.files.*).
+option of every group and fails on a key without one (and on a line here that no config has).
+A new group `logger` is a block of `"logger.<key>": ...` lines. `a.b.*` declares every child
+of the mapping `a.b`, whatever its name (data.files.*: split -> file). A key with declared
+keys below it must be a mapping; declare it `mapping(null=True)` where null is allowed too.
 Keys named `_target_`, `_partial_` (and Hydra's other `_..._` keys) and everything under
 `hydra` are not checked here. A key added on the command line with `+key=value` that is not in
 the table is the user's own and passes unchecked, as Hydra allows it.
@@ -84,16 +85,13 @@ class Spec:
         return text + (" or null" if self.null else "")
 
     def _range_text(self) -> str:
-        low = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" \
-            if self.gt is not None else None
-        high = f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" \
-            if self.lt is not None else None
-        if low and high:
-            return f" in {low}, {high}"
-        if low:
-            return f" {'>=' if self.ge is not None else '>'} {low[1:]}"
-        if high:
-            return f" {'<=' if self.le is not None else '<'} {high[:-1]}"
+        low = (">=", "[", self.ge) if self.ge is not None else (">", "(", self.gt)
+        high = ("<=", "]", self.le) if self.le is not None else ("<", ")", self.lt)
+        if low[2] is not None and high[2] is not None:
+            return f" in {low[1]}{_num(low[2])}, {_num(high[2])}{high[1]}"
+        for sign, _, bound in (low, high):
+            if bound is not None:
+                return f" {sign} {_num(bound)}"
         return ""
 
 

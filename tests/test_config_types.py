@@ -209,12 +209,14 @@ def test_every_null_default_key_rejects_a_wrong_type(tmp_path, monkeypatch, caps
         assert any(e.startswith(f"{'.'.join(names)}: expected") for e in config_errors(node))
     assert sum(len(keys) for _, keys in runs.values()) >= 25
     for (primary, overrides), (cfg, keys) in runs.items():
-        wrong = {".".join(n): wrong_value(spec_for(n))[0] for n in keys}
-        args = [*overrides, *_placeholders(cfg), *(f"{k}={v}" for k, v in wrong.items())]
+        wrong = {".".join(n): wrong_value(spec_for(n)) for n in keys}
+        args = [*overrides, *_placeholders(cfg), *(f"{k}={v[0]}" for k, v in wrong.items())]
         code, err = _run_app(primary, args, capsys)
         assert code == 2, err
-        for key in wrong:
-            assert f"\n  {key}: expected " in err, (key, err)
+        lines = {line.split(":")[0].strip(): line for line in err.splitlines()}
+        for key, (_, value) in wrong.items():
+            assert lines[key].startswith(f"  {key}: expected "), (key, err)
+            assert lines[key].endswith(f", got {schema.show(value)}"), (key, err)
         assert err.count("error:") == 1 and "Traceback" not in err
 
 
