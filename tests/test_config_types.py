@@ -227,47 +227,72 @@ def test_null_default_keys_still_take_good_values():
     assert _errors("predict", ["run=r", "top_k=0", "format=text", "text=[a,2024]"]) == []
 
 
-# (command, overrides, the start of the message expected)
-BAD = [
-    ("finetune", ["optimizer.lr=0"], "optimizer.lr: expected a number > 0, got 0 (int)"),
-    ("finetune", ["optimizer=sgd", "optimizer.lr=-0.1"], "optimizer.lr: expected a number > 0"),
-    ("finetune", ["optimizer.lr=nan"], "optimizer.lr: expected a number > 0, got nan"),
-    ("finetune", ["trainer.batch_size=0"], "trainer.batch_size: expected an integer >= 1, got 0"),
-    ("finetune", ["trainer.epochs=true"], "trainer.epochs: expected an integer >= 1, got True"),
-    ("finetune", ["trainer.max_train_samples=1.5"],
-     "trainer.max_train_samples: expected an integer >= 1 or null, got 1.5 (float)"),
-    ("finetune", ["trainer.max_steps=0"], "trainer.max_steps: expected an integer >= 1 or null"),
-    ("finetune", ["model.dropout=1.0"], "model.dropout: expected a number in [0, 1), got 1.0"),
-    ("finetune", ["model.hidden_size=-3"], "model.hidden_size: expected an integer >= 1"),
-    ("finetune", ["data.max_length=0"], "data.max_length: expected an integer >= 1"),
-    ("finetune", ["data.validation_fraction=1"], "data.validation_fraction: expected a number in (0, 1)"),
-    ("finetune", ["task.label_smoothing=1"], "task.label_smoothing: expected a number in [0, 1)"),
-    ("finetune", ["scheduler.warmup_ratio=1.5"], "scheduler.warmup_ratio: expected a number in [0, 1]"),
-    ("finetune", ["optimizer.betas=[0.9,1.0]"], "optimizer.betas: expected a list of 2 (each a number in [0, 1))"),
-    ("finetune", ["trainer.monitor_mode=maximum"], "trainer.monitor_mode: expected one of max, min, got 'maximum'"),
-    ("finetune", ["trainer.progress=fancy"], "trainer.progress: expected one of auto, bar, log, off"),
-    ("finetune", ["device.precision=fp8"], "device.precision: expected one of fp32, bf16, fp16"),
-    ("finetune", ["device.name=tpu"], "device.name: expected one of auto, cpu, cuda, mps"),
-    ("finetune", ["data.tokenizer.kind=sentencepiece"], "data.tokenizer.kind: expected one of"),
-    ("finetune", ["data.tokenizer=null"], "data.tokenizer: expected a mapping, got null"),
-    ("finetune", ["model=cnn", "data=digits", "data.channels=2"], "data.channels: expected one of 1, 3"),
-    ("finetune", ["model=cnn", "data=digits", "data.augment.erasing=2"], "data.augment.erasing: expected a number in [0, 1]"),
-    ("finetune", ["model=mlp", "data=diabetes", "data.features=age"], "data.features: expected a list"),
-    ("pretrain", ["task.mask_prob=1.5"], "task.mask_prob: expected a number in (0, 1], got 1.5"),
-    ("pretrain", ["task.mask_prob=0"], "task.mask_prob: expected a number in (0, 1]"),
-    ("predict", ["run=r", "top_k=-1"], "top_k: expected an integer >= 0 or null, got -1 (int)"),
-    ("predict", ["run=r", "format=xml"], "format: expected one of jsonl, text or null, got 'xml'"),
-    ("predict", ["run=r", "temperature=-1"], "temperature: expected a number >= 0"),
-    ("evaluate", ["run=r", "split=dev"], "split: expected one of train, validation, test or null"),
-    ("evaluate", ["run=r", "batch_size=0"], "batch_size: expected an integer >= 1"),
-]
+# (command, the options chosen) -> each override with the start of the message it must give.
+# One composition per entry: every bad key is reported, so the overrides do not hide each other.
+BAD = {
+    ("finetune", ()): [
+        ("optimizer.lr=0", "optimizer.lr: expected a number > 0, got 0 (int)"),
+        ("trainer.batch_size=0", "trainer.batch_size: expected an integer >= 1, got 0"),
+        ("trainer.epochs=true", "trainer.epochs: expected an integer >= 1, got True"),
+        ("trainer.max_train_samples=1.5",
+         "trainer.max_train_samples: expected an integer >= 1 or null, got 1.5 (float)"),
+        ("trainer.max_steps=0", "trainer.max_steps: expected an integer >= 1 or null, got 0"),
+        ("trainer.monitor_mode=maximum",
+         "trainer.monitor_mode: expected one of max, min, got 'maximum'"),
+        ("trainer.progress=fancy", "trainer.progress: expected one of auto, bar, log, off"),
+        ("model.dropout=1.0", "model.dropout: expected a number in [0, 1), got 1.0"),
+        ("model.hidden_size=-3", "model.hidden_size: expected an integer >= 1"),
+        ("model.pooling=median", "model.pooling: expected one of mean, max"),
+        ("data.max_length=0", "data.max_length: expected an integer >= 1"),
+        ("data.validation_fraction=1", "data.validation_fraction: expected a number in (0, 1)"),
+        ("data.tokenizer.kind=sentencepiece", "data.tokenizer.kind: expected one of wordpiece"),
+        ("task.label_smoothing=1", "task.label_smoothing: expected a number in [0, 1)"),
+        ("scheduler.warmup_ratio=1.5", "scheduler.warmup_ratio: expected a number in [0, 1]"),
+        ("optimizer.betas=[0.9,1.0]",
+         "optimizer.betas: expected a list of 2 (each a number in [0, 1)), got [0.9, 1.0]"),
+        ("device.precision=fp8", "device.precision: expected one of fp32, bf16, fp16"),
+        ("device.name=tpu", "device.name: expected one of auto, cpu, cuda, mps"),
+    ],
+    ("finetune", ("optimizer=sgd",)): [
+        ("optimizer.lr=nan", "optimizer.lr: expected a number > 0, got nan"),
+        ("optimizer.momentum=-0.5", "optimizer.momentum: expected a number >= 0"),
+        ("data.tokenizer=null", "data.tokenizer: expected a mapping, got null"),
+    ],
+    ("finetune", ("model=cnn", "data=digits")): [
+        ("data.channels=2", "data.channels: expected one of 1, 3, got 2"),
+        ("data.augment.erasing=2", "data.augment.erasing: expected a number in [0, 1]"),
+        ("model.widths=[16,0]", "model.widths: expected a list (each an integer >= 1)"),
+    ],
+    ("finetune", ("model=mlp", "data=diabetes")): [
+        ("data.features=age", "data.features: expected a list (each a string) or null"),
+        ("data.split_fractions.train=1.2", "data.split_fractions.train: expected a number in [0, 1]"),
+    ],
+    ("pretrain", ()): [
+        ("task.mask_prob=1.5", "task.mask_prob: expected a number in (0, 1], got 1.5"),
+        ("task.random_token_prob=-0.1", "task.random_token_prob: expected a number in [0, 1]"),
+        ("model.n_heads=0", "model.n_heads: expected an integer >= 1"),
+    ],
+    ("pretrain", ("model=gpt",)): [("task.mask_prob=0", "task.mask_prob: expected a number in (0, 1]")],
+    ("predict", ()): [
+        ("top_k=-1", "top_k: expected an integer >= 0 or null, got -1 (int)"),
+        ("format=xml", "format: expected one of jsonl, text or null, got 'xml'"),
+        ("temperature=-1", "temperature: expected a number >= 0"),
+        ("max_new_tokens=0", "max_new_tokens: expected an integer >= 1"),
+    ],
+    ("evaluate", ()): [
+        ("split=dev", "split: expected one of train, validation, test or null, got 'dev'"),
+        ("batch_size=0", "batch_size: expected an integer >= 1, got 0"),
+    ],
+}
 
 
-@pytest.mark.parametrize(("command", "overrides", "message"), BAD,
-                         ids=[" ".join(o) for _, o, _ in BAD])
-def test_out_of_range_values_are_rejected(command, overrides, message):
-    errors = _errors(command, overrides)
-    assert any(e.startswith(message) for e in errors), errors
+@pytest.mark.parametrize(("command", "options"), list(BAD), ids=[f"{c} {' '.join(o)}" for c, o in BAD])
+def test_out_of_range_values_are_rejected(command, options):
+    cases = BAD[command, options]
+    required = ["run=r"] if command in ("evaluate", "predict") else []
+    errors = _errors(command, [*options, *required, *(override for override, _ in cases)])
+    missed = [message for _, message in cases if not any(e.startswith(message) for e in errors)]
+    assert not missed and len(errors) == len(cases), (missed, errors)
 
 
 def test_range_boundaries_that_are_allowed():
