@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -184,12 +185,23 @@ def test_null_default_keys_are_known():
 
 
 def _run_app(command: str, args: list[str], capsys) -> tuple[int, str]:
-    """The Hydra app of `command`, in this process, as `bigmodel COMMAND args` runs it."""
+    """The Hydra app of `command`, in this process, as `bigmodel COMMAND args` runs it.
+    The logging Hydra set up for the run (and the started-job flag) are undone afterwards,
+    so later tests do not log into this test's captured stream or run directory."""
+    from bigmodel_cli import main
     from bigmodel_cli.cli import run_hydra_command
 
+    root, started = logging.getLogger(), main.job_started
+    handlers, level = root.handlers[:], root.level
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        run_hydra_command(command, args)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_hydra_command(command, args)
+    finally:
+        for handler in set(root.handlers) - set(handlers):
+            handler.close()
+        root.handlers[:], main.job_started = handlers, started
+        root.setLevel(level)
     return exit_.value.code, capsys.readouterr().err
 
 
