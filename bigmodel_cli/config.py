@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from bigmodel_cli import schema
 from bigmodel_cli.errors import UsageError
 
 
@@ -19,87 +19,54 @@ def conf_dir() -> str:
     return str(here.parent / "conf")
 
 
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-               list: "a list", dict: "a mapping"}
-
-
-def _kind(value: Any) -> type | None:
-    for kind in (bool, int, float, str):  # bool before int: True is an int in Python
-        if isinstance(value, kind):
-            return kind
-    if isinstance(value, (list, ListConfig)):
-        return list
-    if isinstance(value, (dict, DictConfig)):
-        return dict
-    return None
-
-
-def _compatible(expected: type, value: Any) -> bool:
-    got = _kind(value)
-    if expected is float:
-        return got in (float, int)
-    if expected is str:
-        return got in (str, int, float)  # `column=2024` parses as an int; a name is still fine
-    return got is expected
-
-
-def type_errors(cfg: Any, defaults: Any, prefix: str = "") -> list[str]:
-    """Compare every value with the type of its default in YAML (None defaults accept anything)."""
+def config_errors(cfg: DictConfig) -> list[str]:
+    """Every key of `cfg` that is not what bigmodel_cli/schema.py declares, as
+    `key: expected ..., got ...`, in config order. Interpolations are resolved first
+    (`${oc.select:model.lr,0.005}` is checked as the number it gives); one that cannot
+    resolve is reported under its key."""
     errors: list[str] = []
-    if not isinstance(defaults, dict) or not isinstance(cfg, dict):
-        return errors
-    for key, default in defaults.items():
-        if key not in cfg or default is None:
-            continue
-        value, name = cfg[key], f"{prefix}{key}"
-        if isinstance(default, str) and default.startswith("${"):
-            continue  # an interpolation: its type is whatever it resolves to
-        if isinstance(value, str) and value.startswith("${"):
-            continue
-        expected = _kind(default)
-        if value is None or expected is None:
-            continue
-        if expected is dict:
-            if isinstance(value, dict):
-                errors += type_errors(value, default, f"{name}.")
-            else:
-                errors.append(f"{name}: expected a mapping, got {value!r}")
-        elif not _compatible(expected, value):
-            errors.append(
-                f"{name}: expected {_TYPE_NAMES[expected]} (like {default!r}), "
-                f"got {value!r} ({type(value).__name__})"
-            )
+    _check_node(cfg, (), errors)
     return errors
 
 
+def _check_node(node: DictConfig, names: tuple[str, ...], errors: list[str]) -> None:
+    for key in node.keys():
+        here = (*names, str(key))
+        path = ".".join(here)
+        if schema.exempt(here):
+            continue
+        try:
+            value = node[key]  # resolves an interpolation
+            if isinstance(value, ListConfig):
+                value = OmegaConf.to_container(value, resolve=True)
+        except Exception as exc:  # e.g. ${oc.env:VAR} with VAR unset
+            errors.append(f"{path}: does not resolve: {' '.join(str(exc).split())}")
+            continue
+        spec = schema.spec_for(here)
+        if isinstance(value, DictConfig):
+            if spec is None or spec.kind == "map":
+                _check_node(value, here, errors)
+            else:
+                errors.append(f"{path}: expected {spec.describe()}, got a mapping")
+        elif spec is not None:  # keys added with +key=value are the user's own
+            error = schema.value_error(path, spec, value)
+            if error:
+                errors.append(error)
+
+
 def validate(cfg: DictConfig, command: str) -> None:
-    """Type-check `cfg` against the YAML defaults of the same config choices.
+    """Check `cfg`, the composed config of `command`, against bigmodel_cli/schema.py.
 
-    The type of each key is the type of its default in conf/. Runs before any data or
-    torch is loaded, so `optimizer.lr=abc` fails at once, naming the key.
+    Every key has a declared type and range there (one table for every command), null
+    defaults included. Runs before any data or torch is loaded, so `optimizer.lr=abc` or
+    `trainer.max_steps=abc` fails at once; every bad key is named in one message.
     """
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UsageError("missing required value" + ("s" if len(missing) > 1 else "") + ": "
                          + ", ".join(missing) + " (give it on the command line: "
                          + " ".join(f"{key}=..." for key in missing) + ")")
-
-    choices = HydraConfig.get().runtime.choices
-    overrides = [f"{group}={choice}" for group, choice in choices.items()
-                 if not group.startswith("hydra") and choice is not None]
-    defaults = compose(config_name=command, overrides=overrides)
-    try:  # a default given by interpolation (optimizer.lr: ${...model.lr...}) has the type
-        expected = OmegaConf.to_container(defaults, resolve=True)  # of what it resolves to
-    except Exception:
-        expected = OmegaConf.to_container(defaults, resolve=False)
-    errors = type_errors(OmegaConf.to_container(cfg, resolve=False), expected)
+    errors = config_errors(cfg)
     if errors:
-        raise UsageError("invalid config value" + ("s" if len(errors) > 1 else "") + ":\n  "
-                         + "\n  ".join(errors))
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except Exception as exc:  # an interpolation that cannot resolve, e.g. a missing env var
-        raise UsageError(f"config does not resolve: {exc}") from None
+        raise UsageError(f"invalid config value{'s' if len(errors) > 1 else ''} for {command}:"
+                         "\n  " + "\n  ".join(errors))

@@ -207,11 +207,12 @@ def test_engine_options_accumulation_early_stopping_eval_every(cli):
     result = cli("finetune", *TINY_FASTTEXT, "trainer=debug", "trainer.grad_accum_steps=2",
                  "trainer.epochs=30", "trainer.eval_every_steps=7", "trainer.early_stopping_patience=2",
                  "trainer.monitor=loss", "trainer.monitor_mode=min", "optimizer=sgd",
-                 "optimizer.lr=0.0", "scheduler=cosine")
+                 "optimizer.lr=1e-30", "scheduler=cosine")
     run = run_dir_of(result, cli.cwd)
     metrics = read_json(run / "metrics.json")
-    # lr 0: the validation loss never improves after the first evaluation, so training stops
-    # after 1 + patience evaluations, long before 30 epochs.
+    # lr 1e-30 (lr must be > 0): too small to change a float32 weight, so the validation loss
+    # never improves after the first evaluation and training stops after 1 + patience
+    # evaluations, long before 30 epochs.
     assert "early stopping: no loss improvement in 2 evaluations" in result.stderr
     assert metrics["steps"] == 21 and metrics["best_step"] == 7
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from bigmodel_cli.config import type_errors
 from bigmodel_cli.data import splits
 from bigmodel_cli.engine.checkpoint import load_state, resolve_checkpoint, save_checkpoint
 from bigmodel_cli.engine.schedules import cosine, linear_warmup
@@ -106,19 +105,6 @@ def test_subsets_are_exact_stratified_and_unlabeled_rows_split_at_random():
     free = splits.partition(100, [0.5, 0.5], seed=3)
     assert sorted(np.concatenate(free).tolist()) == list(range(100))
     assert not (free[0] == np.arange(50)).all()  # shuffled, not the first half
-
-
-def test_type_errors_follow_yaml_defaults():
-    defaults = {"lr": 0.1, "epochs": 3, "name": "x", "flag": True, "opt": None,
-                "nested": {"k": 1}, "ref": "${other}"}
-    ok = {"lr": 1, "epochs": 5, "name": 2024, "flag": False, "opt": "anything",
-          "nested": {"k": 2}, "ref": 5}
-    assert type_errors(ok, defaults) == []
-    bad = {"lr": "abc", "epochs": 1.5, "name": "x", "flag": "yes", "nested": {"k": "z"}}
-    errors = type_errors(bad, defaults)
-    assert len(errors) == 4
-    assert errors[0].startswith("lr: expected a number")
-    assert any(e.startswith("nested.k: expected an integer") for e in errors)
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
