@@ -104,6 +104,11 @@ def run_hydra_command(command: str, args: list[str]) -> None:
     """Run the Hydra app of `command` with `args` as its command line; map exit codes."""
     from bigmodel_cli import main as hydra_main  # imports hydra, not torch
 
+    if "-sc" in args or any(a.startswith("--shell-completion") for a in args):
+        typer.echo("error: Hydra's --shell-completion does not work through `bigmodel`; use "
+                   "`bigmodel completion bash|zsh|fish` (eval \"$(bigmodel completion bash)\" "
+                   "in ~/.bashrc)", err=True)
+        raise SystemExit(EXIT_USAGE)
     args = quote_free_text(args)
     if command in TRAINING_COMMANDS:
         args = _continue_in_resumed_run(command, args)
@@ -185,7 +190,40 @@ def report(
         sweeps.print_table(rows, f"{directory}: {len(rows)} run(s)")
 
 
+@app.command()
+def completion(
+    shell: str = typer.Argument(..., help="bash, zsh or fish."),
+) -> None:
+    """Print the shell completion script: eval "$(bigmodel completion bash)" in ~/.bashrc."""
+    from bigmodel_cli import completion as comp
+
+    if shell not in comp.SHELLS:
+        typer.echo(f"error: unknown shell {shell!r}; choose one of: {', '.join(comp.SHELLS)}",
+                   err=True)
+        raise SystemExit(EXIT_USAGE)
+    typer.echo(comp.script(shell), nl=False)
+
+
+def complete_words(shell: str, line: str, wordbreaks: str = "") -> None:
+    """`bigmodel __complete SHELL LINE [WORDBREAKS]`, what the completion scripts call: the
+    suggestions for the last word of LINE, one per line."""
+    from bigmodel_cli import completion as comp
+
+    click_app = typer.main.get_command(app)
+    commands = [name for name, cmd in click_app.commands.items() if not cmd.hidden]
+    options = {name: [o for p in cmd.params for o in p.opts + p.secondary_opts if o.startswith("-")]
+               for name, cmd in click_app.commands.items()}
+    suggestions = comp.complete(line, commands, options)
+    for suggestion in comp.for_shell(shell, suggestions, line, wordbreaks):
+        typer.echo(suggestion)
+
+
 def main() -> None:
+    # Completion runs on every <TAB>: answered without Typer's argument parsing (which
+    # imports pydantic), so the process stays short.
+    if sys.argv[1:2] == ["__complete"] and len(sys.argv) in (4, 5):
+        complete_words(*sys.argv[2:])
+        return
     app()
 
 
