@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -158,27 +159,27 @@ def _json_file(path: Path, kind: type = dict) -> Any:
     return data
 
 
-def hydra_facts(text: str) -> dict[str, str]:
-    """The scalar `key: value` lines of Hydra's .hydra/hydra.yaml by dotted path
-    (`hydra.job.name`, `hydra.mode`, `hydra.runtime.choices.model`, ...). A line scan: a
-    YAML parser takes about a millisecond per file, too long for a thousand runs."""
-    facts: dict[str, str] = {}
-    stack: list[tuple[int, str]] = []  # (indent, key) of the mappings we are in
-    for line in text.splitlines():
-        stripped = line.lstrip(" ")
-        if not stripped or stripped.startswith(("-", "#")) or ":" not in stripped:
-            continue
-        indent = len(line) - len(stripped)
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        key, _, value = stripped.partition(":")
-        path = ".".join([*(k for _, k in stack), key])
-        value = value.strip()
-        if value:
-            facts[path] = value.strip("'\"")
-        else:
-            stack.append((indent, key))
-    return facts
+# Hydra writes .hydra/hydra.yaml with two-space indents: `hydra:` at the top, then `mode`,
+# `job.name` and `runtime.choices`. A YAML parser takes about a millisecond per file, too
+# long for a thousand runs; these three patterns take microseconds.
+_MODE = re.compile(r"^  mode: (.*)$", re.M)
+_JOB_NAME = re.compile(r"^  job:\n(?:    .*\n)*?    name: (.*)$", re.M)
+_CHOICES = re.compile(r"^    choices:\n((?:      .*(?:\n|$))*)", re.M)
+
+
+def hydra_facts(text: str) -> dict[str, Any]:
+    """What a run's .hydra/hydra.yaml says: `mode` (RUN or MULTIRUN), the job `name` (the
+    command) and the config `choices` (`model: lstm`, `data: news`, ...)."""
+    def scalar(match: re.Match | None) -> str | None:
+        return match.group(1).strip().strip("'\"") if match else None
+
+    choices = {}
+    block = _CHOICES.search(text)
+    for line in block.group(1).splitlines() if block else ():
+        key, _, value = line.strip().partition(": ")
+        choices[key] = value.strip("'\"")
+    return {"mode": scalar(_MODE.search(text)), "name": scalar(_JOB_NAME.search(text)),
+            "choices": choices}
 
 
 def _last_record(path: Path) -> dict:
@@ -236,7 +237,11 @@ def _status(run: dict | None, metrics: dict | None) -> tuple[str, str]:
 def _started(run: dict | None, run_dir: Path) -> float:
     """When the run started: run.json's first invocation, else when Hydra set it up."""
     try:
-        return datetime.strptime(run["invocations"][0]["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        started = run["invocations"][0]["started"]
+        try:
+            return datetime.fromisoformat(started).timestamp()
+        except ValueError:  # Python 3.10 reads no `+0000`
+            return datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except (TypeError, KeyError, IndexError, ValueError):
         pass
     for path in (run_dir / ".hydra" / "hydra.yaml", run_dir):
@@ -247,12 +252,12 @@ def _started(run: dict | None, run_dir: Path) -> float:
     return 0.0
 
 
-def _read_facts(run_dir: Path) -> dict[str, str]:
+def _read_facts(run_dir: Path) -> dict[str, Any]:
     path = run_dir / ".hydra" / "hydra.yaml"
     try:
         return hydra_facts(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return {"mode": None, "name": None, "choices": {}}
     except (OSError, UnicodeDecodeError) as exc:
         raise _Unreadable(f"{path.name}: {exc}") from None
 
@@ -272,13 +277,13 @@ def _config_run(run_dir: Path) -> str | None:
 def _source_facts(source: str | None, memo: dict) -> tuple[dict, dict]:
     """The hydra facts and metrics.json of the run an evaluate/predict run used."""
     if not source:
-        return {}, {}
+        return {"choices": {}}, {}
     if source not in memo:
         path = Path(source)
         try:
             memo[source] = (_read_facts(path), _json_file(path / "metrics.json") or {})
         except _Unreadable:  # the used run's files are its own row's concern
-            memo[source] = ({}, {})
+            memo[source] = ({"choices": {}}, {})
     return memo[source]
 
 
@@ -305,15 +310,10 @@ def run_row(run_dir: Path, memo: dict | None = None) -> dict:
     return row
 
 
-def _choices(facts: dict[str, str]) -> dict[str, str]:
-    prefix = "hydra.runtime.choices."
-    return {k[len(prefix):]: v for k, v in facts.items() if k.startswith(prefix)}
-
-
 def _fill_row(row: dict, run_dir: Path, memo: dict) -> None:
     facts = _read_facts(run_dir)
-    row["command"] = facts.get("hydra.job.name")
-    if facts.get("hydra.mode") == "MULTIRUN":
+    row["command"] = facts["name"]
+    if facts["mode"] == "MULTIRUN":
         row["sweep"] = str(run_dir.parent)
     run = _json_file(run_dir / "run.json")
     row["started_ts"] = _started(run, run_dir)
@@ -321,11 +321,13 @@ def _fill_row(row: dict, run_dir: Path, memo: dict) -> None:
     row["status"], row["error"] = _status(run, metrics)
     metrics = metrics or {}
     row["command"] = row["command"] or metrics.get("command")
-    # evaluate and predict runs have no model or data of their own: those of the run they used
-    source_facts, source_metrics = _source_facts(metrics.get("run") or _config_run(run_dir), memo)
-    own, source = _choices(facts), _choices(source_facts)
-    row["model"] = own.get("model") or source.get("model") or metrics.get("model")
-    row["data"] = own.get("data") or source.get("data") or metrics.get("data")
+    own, source_metrics = facts["choices"], {}
+    if "model" not in own:  # evaluate and predict: the model and data of the run they used
+        source_facts, source_metrics = _source_facts(
+            metrics.get("run") or _config_run(run_dir), memo)
+        own = {**source_facts["choices"], **own}
+    row["model"] = own.get("model") or metrics.get("model")
+    row["data"] = own.get("data") or metrics.get("data")
     monitor = metrics.get("monitor") or source_metrics.get("monitor")
     row["val"] = _metric(metrics.get("best_validation"), monitor)
     row["test"] = _metric(metrics.get("test") or metrics.get("metrics"), monitor)
