@@ -115,8 +115,6 @@ def record_status(run_dir: Path, status: str, error: str = "") -> None:
 # never stops the listing.
 
 STATUSES = ("ok", "failed", "interrupted", "paused", "running", "unknown")
-RUN_COLUMNS = ("started", "command", "model", "data", "status", "monitor", "val", "test",
-               "steps", "time_s", "run_dir")
 
 
 def find_runs(root: Path) -> list[Path]:

@@ -4,7 +4,8 @@ The bash tests call the completion function the way bash does (COMP_LINE, COMP_P
 COMP_WORDS, COMP_CWORD set) and then drive an interactive bash through a pseudo-terminal, so
 that readline itself inserts the completion. The expected suggestions come from conf/ and
 from Hydra's composition, not from a list written here. zsh is tested the same way where it
-is installed (CI: `apt-get install -y zsh`); without it those tests skip, saying so.
+is installed (CI: `apt-get install -y zsh`), and fish through its `complete -C`; without
+them those tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -218,6 +219,21 @@ def test_interactive_zsh_inserts_the_completion(shell_env, tmp_path):
             assert term.complete(keys) == line, keys
     finally:
         term.close()
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_completes_through_its_own_complete_command(shell_env):
+    def fish(line: str) -> list[str]:
+        script = f"bigmodel completion fish | source; complete -C '{line}'"
+        result = subprocess.run(["fish", "--no-config", "-c", script], capture_output=True,
+                                text=True, env=shell_env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert fish("bigmodel fi") == ["finetune"]
+    assert fish("bigmodel finetune model=fa") == ["model=fasttext"]
+    assert fish("bigmodel finetune data=csv data.files.") == keys_of(
+        composed("data=csv").data.files, "data.files.")
 
 
 def test_completion_imports_no_torch_and_prints_its_time(shell_env):
