@@ -104,6 +104,11 @@ def run_hydra_command(command: str, args: list[str]) -> None:
     """Run the Hydra app of `command` with `args` as its command line; map exit codes."""
     from bigmodel_cli import main as hydra_main  # imports hydra, not torch
 
+    if "-sc" in args or any(a.startswith("--shell-completion") for a in args):
+        typer.echo("error: Hydra's --shell-completion does not work through `bigmodel`; use "
+                   "`bigmodel completion bash|zsh|fish` (eval \"$(bigmodel completion bash)\" "
+                   "in ~/.bashrc)", err=True)
+        raise SystemExit(EXIT_USAGE)
     args = quote_free_text(args)
     if command in TRAINING_COMMANDS:
         args = _continue_in_resumed_run(command, args)
@@ -156,10 +161,12 @@ def predict(ctx: typer.Context) -> None:
 
 @app.command()
 def report(
-    directory: str = typer.Argument(..., help="A sweep directory (outputs/<command>/multirun/<date>/<time>) or a run directory."),
+    directory: str = typer.Argument(..., help="A sweep directory (outputs/<command>/multirun/<date>/<time>) "
+                                    "or a run directory; any other folder: the runs under it."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Summarize a sweep (one row per job, best first) or a single run."""
+    """Summarize a sweep (one row per job, best first) or a single run; for any other folder,
+    list the runs under it (as `bigmodel runs DIR`)."""
     import json
     from pathlib import Path
 
@@ -175,9 +182,8 @@ def report(
     else:
         rows = sweeps.collect(path)
         if not rows:
-            typer.echo(f"error: {directory}: neither a run directory nor a sweep directory "
-                       "(no .hydra/ in it or in its subdirectories)", err=True)
-            raise SystemExit(EXIT_USAGE)
+            _list_runs(path, {}, None, as_json)
+            return
         sweeps.write_summary(path, rows)
     if as_json:
         typer.echo(json.dumps(rows[0] if single else rows, indent=2, ensure_ascii=False))
@@ -185,7 +191,90 @@ def report(
         sweeps.print_table(rows, f"{directory}: {len(rows)} run(s)")
 
 
+def _values(option: list[str] | None) -> list[str]:
+    """`--status failed --status interrupted` or `--status failed,interrupted`."""
+    return [v for item in option or [] for v in item.split(",") if v]
+
+
+@app.command()
+def runs(
+    directory: str = typer.Argument("outputs", help="The folder to search (recursively)."),
+    command: list[str] = typer.Option(None, "--command", help="Only these commands (repeat or a,b)."),
+    model: list[str] = typer.Option(None, "--model", help="Only these models (model= choice)."),
+    data: list[str] = typer.Option(None, "--data", help="Only these datasets (data= choice)."),
+    status: list[str] = typer.Option(
+        None, "--status", help="Only these: ok, failed, interrupted, paused, running, unknown."),
+    limit: int = typer.Option(None, "--limit", min=0, help="At most this many rows (the newest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List every run and sweep job under a folder, newest first: command, model, data,
+    status, the monitored validation metric and its test value, steps, time, directory."""
+    from pathlib import Path
+
+    from bigmodel_cli.runs import STATUSES
+
+    path = Path(directory)
+    if not path.is_dir():
+        typer.echo(f"error: {directory}: no such directory", err=True)
+        raise SystemExit(EXIT_USAGE)
+    unknown = [s for s in _values(status) if s not in STATUSES]
+    if unknown:
+        typer.echo(f"error: --status {','.join(unknown)}: choose from {', '.join(STATUSES)}",
+                   err=True)
+        raise SystemExit(EXIT_USAGE)
+    filters = {"command": _values(command), "model": _values(model), "data": _values(data),
+               "status": _values(status)}
+    _list_runs(path, filters, limit, as_json)
+
+
+def _list_runs(path: Path, filters: dict, limit: int | None, as_json: bool) -> None:
+    import json
+
+    from bigmodel_cli.runs import format_runs, list_runs
+
+    rows = list_runs(path, filters, limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    shown = f"{len(rows)} run(s)" + (" (filtered)" if any(filters.values()) else "")
+    typer.echo(format_runs(rows, f"{path}: {shown}, newest first") if rows
+               else f"{path}: no runs" + (" match" if any(filters.values()) else ""))
+
+
+@app.command()
+def completion(
+    shell: str = typer.Argument(..., help="bash, zsh or fish."),
+) -> None:
+    """Print the shell completion script: eval "$(bigmodel completion bash)" in ~/.bashrc."""
+    from bigmodel_cli import completion as comp
+
+    if shell not in comp.SHELLS:
+        typer.echo(f"error: unknown shell {shell!r}; choose one of: {', '.join(comp.SHELLS)}",
+                   err=True)
+        raise SystemExit(EXIT_USAGE)
+    typer.echo(comp.script(shell), nl=False)
+
+
+def complete_words(shell: str, line: str, wordbreaks: str = "") -> None:
+    """`bigmodel __complete SHELL LINE [WORDBREAKS]`, what the completion scripts call: the
+    suggestions for the last word of LINE, one per line."""
+    from bigmodel_cli import completion as comp
+
+    click_app = typer.main.get_command(app)
+    commands = [name for name, cmd in click_app.commands.items() if not cmd.hidden]
+    options = {name: [o for p in cmd.params for o in p.opts + p.secondary_opts if o.startswith("-")]
+               for name, cmd in click_app.commands.items()}
+    suggestions = comp.complete(line, commands, options)
+    for suggestion in comp.for_shell(shell, suggestions, line, wordbreaks):
+        typer.echo(suggestion)
+
+
 def main() -> None:
+    # Completion runs on every <TAB>: answered without Typer's argument parsing (which
+    # imports pydantic), so the process stays short.
+    if sys.argv[1:2] == ["__complete"] and len(sys.argv) in (4, 5):
+        complete_words(*sys.argv[2:])
+        return
     app()
 
 

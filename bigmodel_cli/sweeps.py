@@ -23,11 +23,13 @@ COLUMNS = ("job", "overrides", "status", "error", "monitor", "value", "test_accu
            "test_f1_macro", "val_accuracy", "steps", "train_time_s", "run_dir")
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from `path`; None when it is missing, half-written or not an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _overrides(job: Path) -> list[str]:
@@ -36,13 +38,18 @@ def _overrides(job: Path) -> list[str]:
         return []
     from omegaconf import OmegaConf
 
-    return [str(o) for o in OmegaConf.load(path)]
+    try:
+        return [str(o) for o in OmegaConf.load(path)]
+    except Exception:  # half-written: the row still shows status and metrics
+        return []
 
 
 def job_row(job: Path) -> dict:
     """What one run directory says about itself: status, error, metrics."""
     run = _read_json(job / "run.json") or {}
-    last = (run.get("invocations") or [{}])[-1]
+    invocations = run.get("invocations")
+    last = invocations[-1] if isinstance(invocations, list) and invocations else {}
+    last = last if isinstance(last, dict) else {}
     metrics = _read_json(job / "metrics.json")
     status = last.get("status") or ("ok" if metrics else "unfinished")
     row: dict[str, Any] = {"job": job.name, "overrides": " ".join(_overrides(job)),
