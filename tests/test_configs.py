@@ -18,7 +18,7 @@ ALL_YAML = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
 GROUP_OPTIONS = sorted(
     (p.parent.relative_to(CONF).as_posix(), p.stem)
     for p in CONF.rglob("*.yaml")
-    if p.parent != CONF and not p.relative_to(CONF).as_posix().startswith("hydra/")
+    if p.parent != CONF and not p.relative_to(CONF).as_posix().startswith(("hydra/", "experiment/"))
 )
 
 
@@ -31,6 +31,7 @@ def test_every_yaml_is_covered_below():
     covered = {f"{p}.yaml" for p in PRIMARY} | {"common.yaml"}
     covered |= {f"{g}/{o}.yaml" for g, o in GROUP_OPTIONS}
     covered |= {p for p in ALL_YAML if p.startswith("hydra/")}  # test_primary_configs_compose
+    covered |= {p for p in ALL_YAML if p.startswith("experiment/")}  # tests/test_experiments.py
     assert set(ALL_YAML) == covered
     assert len(GROUP_OPTIONS) >= 19
 

@@ -1,0 +1,62 @@
+"""The transfer gain: 1%-label finetuning from scratch vs from an MLM-pretrained BERT.
+
+MLM pretraining on the unlabeled headlines for a fixed number of steps (experiment=
+transfer_pretrain), then a 1% labeled subset (1,800 headlines, stratified, seeded) finetuned
+from scratch and from the pretrained weights (experiment=transfer_finetune_1pct): the same
+model size and steps, SEEDS seeds each.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from harness import SMOKE_RUN, Context, failed, run_bigmodel, verdict
+
+from sections.lm import lm_figures
+
+NAMES = ("transfer",)
+TITLE = "Pretraining and transfer (BERT, THUCNews headlines)"
+PRETRAIN = ["pretrain", "experiment=transfer_pretrain"]
+FINETUNE = ["finetune", "experiment=transfer_finetune_1pct"]
+SEEDS = (1, 2, 3)
+GAIN = 0.05   # pretrained beats scratch by at least 5 points on every seed
+
+
+def run(ctx: Context, name: str) -> dict:
+    smoke = SMOKE_RUN if ctx.smoke else []
+    pre = run_bigmodel(ctx, PRETRAIN + smoke, "pretrain_bert")
+    if "error" in pre:
+        return failed({"pretrain": pre}, "the pretrain run completes")
+    result: dict = {"pretrain": lm_figures(pre), "scratch": {}, "pretrained": {}, "commands": {},
+                    "train_time_s": {}}
+    for seed in SEEDS:
+        for kind, extra in (("scratch", []), ("pretrained", [f"model.init_from={pre['run_dir']}"])):
+            m = run_bigmodel(ctx, FINETUNE + smoke + [f"seed={seed}", *extra], f"{kind}_{seed}")
+            result[kind][seed] = m["test"]["accuracy"] if "error" not in m else None
+            result["commands"][kind] = " ".join(["bigmodel", *FINETUNE, *smoke, "seed=S", *extra])
+            result["train_time_s"][f"{kind}_{seed}"] = m.get("train_time_s")
+    for kind in ("scratch", "pretrained"):
+        values = [v for v in result[kind].values() if v is not None]
+        result[f"{kind}_mean"] = round(statistics.mean(values), 4) if values else None
+        result[f"{kind}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else None
+    gains = [result["pretrained"][s] - result["scratch"][s] for s in SEEDS
+             if result["pretrained"][s] is not None and result["scratch"][s] is not None]
+    result["gains"] = [round(g, 4) for g in gains]
+    ok = len(gains) == len(SEEDS) and min(gains) >= GAIN
+    return {**result, "targets": {f"pretrained beats scratch by >= {GAIN:.0%} on every seed "
+                                  "(1% of THUCNews labels)": verdict(ok, ctx.smoke)}}
+
+
+def markdown(results: dict) -> list[str]:
+    t = results["transfer"]
+    p = t["pretrain"]
+    if "error" in p:
+        return [f"- MLM pretraining: `{p['command']}`: error: {p['error']}"]
+    lines = [f"- MLM pretraining: `{p['command']}`: {p.get('steps')} steps in "
+             f"{p.get('train_time_s')} s, {p.get('tokens_per_s')} tokens/s; validation "
+             f"perplexity {p.get('validation_perplexity')}, test {p.get('test_perplexity')}"]
+    for kind in ("scratch", "pretrained"):
+        lines.append(f"- {kind}: test accuracy {t[kind + '_mean']} ± {t[kind + '_std']} "
+                     f"(seeds: {t[kind]}); `{t['commands'][kind]}`")
+    lines.append(f"- gain per seed: {t['gains']}")
+    return lines
