@@ -21,7 +21,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
 
     from bigmodel_cli.commands import transfer
     from bigmodel_cli.data import kinds
-    from bigmodel_cli.engine import distributed
+    from bigmodel_cli.engine import distributed, loggers
     from bigmodel_cli.engine.checkpoint import load_state, load_weights, read_meta, unwrap
     from bigmodel_cli.engine.optim import build_optimizers
     from bigmodel_cli.engine.plots import training_curves
@@ -114,12 +114,15 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         "max_length": prepared.encoding.get("max_length"), "versions": versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    logger = loggers.build(cfg, run_dir, enabled=is_main,  # metrics.jsonl + logger/ group
+                           resumed_from=ckpt_dir.parent.parent if resume_state else None)
     trainer = Trainer(model, task, optimizers, scheduler_factory, device, settings, run_dir,
                       checkpoint_meta, new_metrics=lambda: task.new_metrics(num_labels),
-                      distributed=world_size > 1, is_main=is_main)
+                      distributed=world_size > 1, is_main=is_main, logger=logger)
     if resume_state is not None:
         load_weights(model, ckpt_dir)
-    fit = trainer.fit(batches("train", True), batches("validation", False), resume_state)
+    with logger.closed_on_error():
+        fit = trainer.fit(batches("train", True), batches("validation", False), resume_state)
     if world_size > 1:
         distributed.barrier()  # rank 0 has written its checkpoints
         if not is_main:
@@ -128,6 +131,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         log.info("paused after step %d (trainer.pause_after_steps=%d); continue with: "
                  "bigmodel %s trainer.resume=%s", fit["steps"], settings.pause_after_steps,
                  command, run_dir)
+        logger.close("paused")
         print(run_dir, flush=True)
         return {"paused": True, "steps": fit["steps"]}
 
@@ -136,8 +140,8 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         load_weights(model, run_dir / "checkpoints" / "best")
         test_metrics = evaluate(unwrap(model), task, batches("test", False), device,
                                 task.new_metrics(num_labels), precision=settings.precision)
-        trainer.metrics_log.write({"split": "test", "step": trainer.step, "checkpoint": "best",
-                                   **test_metrics})
+        logger.log_metrics({"split": "test", "step": trainer.step, "checkpoint": "best",
+                            **test_metrics})
     training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training_curves.png",
                     settings.monitor)
     summary = {
@@ -157,6 +161,9 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         "device": str(device), "seed": cfg.seed, "versions": versions(),
     }
     write_json(run_dir / "metrics.json", summary)
+    logger.log_summary(loggers.final_metrics(summary), step=trainer.step)
+    logger.log_artifacts(run_dir)
+    logger.close("ok")
     print_summary(summary, task)
     print(run_dir, flush=True)  # stdout: the run directory, for scripts
     return summary

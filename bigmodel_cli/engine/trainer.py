@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from bigmodel_cli.engine.checkpoint import save_checkpoint
+from bigmodel_cli.engine.loggers import Logger, Loggers, MetricsJsonl
 from bigmodel_cli.engine.progress import Progress, choose_mode
-from bigmodel_cli.engine.runtime import MetricsLog, restore_rng_state, rng_state
+from bigmodel_cli.engine.runtime import restore_rng_state, rng_state
 from bigmodel_cli.errors import Interrupted, NonFiniteLoss
 
 log = logging.getLogger("bigmodel")
@@ -135,7 +136,7 @@ class Trainer:
                  scheduler_factory: Callable[..., Any], device: torch.device,
                  settings: TrainSettings, run_dir: Path, checkpoint_meta: dict,
                  new_metrics: Callable[[], Any], distributed: bool = False,
-                 is_main: bool = True) -> None:
+                 is_main: bool = True, logger: Logger | None = None) -> None:
         self.model = model
         self.distributed = distributed  # all ranks agree on stops; only the main one writes
         self.is_main = is_main
@@ -147,7 +148,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.checkpoint_meta = checkpoint_meta
         self.new_metrics = new_metrics
-        self.metrics_log = MetricsLog(run_dir, enabled=is_main)
+        # Where records go (commands/train.py builds it from the logger/ group); without
+        # one, metrics.jsonl on the main process only.
+        self.logger = logger if logger is not None else Loggers(
+            [MetricsJsonl(run_dir)] if is_main else [])
         self.step = 0
         self.epoch = 0            # the epoch in progress (1-based once training starts)
         self.batches_done = 0     # micro-batches of that epoch already trained on
@@ -204,7 +208,7 @@ class Trainer:
         metrics = evaluate(self.model, self.task, validation, self.device, self.new_metrics(),
                            precision=self.settings.precision)
         self.last_val = metrics
-        self.metrics_log.write({"split": "validation", "epoch": self.epoch, "step": self.step,
+        self.logger.log_metrics({"split": "validation", "epoch": self.epoch, "step": self.step,
                                 **metrics})
         monitor = self.settings.monitor
         if monitor not in metrics:
@@ -341,7 +345,7 @@ class Trainer:
                                 total_loss, count, rate = all_reduce_sum(
                                     [loss_sum, float(loss_count), speed])
                                 mean_loss, speed = total_loss / max(count, 1.0), rate
-                            self.metrics_log.write({
+                            self.logger.log_metrics({
                                 "split": "train", "epoch": self.epoch, "step": self.step,
                                 "loss": mean_loss, "lr": self.schedulers[0].get_last_lr()[0],
                                 "samples_per_s": speed})
