@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -253,8 +252,8 @@ def test_parallel_joblib_jobs_get_one_parent_and_a_child_each(cli):
 @pytest.mark.slow
 def test_under_torchrun_only_rank_0_logs(cli):
     pytest.importorskip("mlflow")
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "bigmodel_cli",
+    # torchrun of this interpreter (the one with the track extra installed)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bigmodel_cli",
                              "finetune", "model=lstm", "model.embedding_dim=16",
                              "model.hidden_size=16", "trainer=debug", "trainer.max_steps=10",
                              "logger=[csv,mlflow]"], cwd=cli.cwd, env=cli.env,

@@ -367,12 +367,14 @@ class MLflowLogger(Logger):
 
         self.uri = mlflow_uri(settings.tracking_uri)
         db = _sqlite_path(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.logged: set[str] = set()
         saved = run.saved.get("mlflow")
         self.resumed = bool(saved and saved["tracking_uri"] == self.uri)
         with _locked(run.sweep_dir / ".tracking.lock" if run.sweep_dir else None), \
                 _locked(db.with_name(db.name + ".lock") if db else None):
+            # Opening the store creates and migrates a new database: one process at a time.
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)
             if self.resumed:
                 self.run_id = saved["run_id"]
                 self.client.update_run(self.run_id, status="RUNNING")
