@@ -365,11 +365,12 @@ class MLflowLogger(Logger):
         _require("mlflow", "mlflow", "mlflow")
         from mlflow.tracking import MlflowClient
 
-        self.uri = mlflow_uri(settings.tracking_uri)
+        saved = run.saved.get("mlflow")
+        self.resumed = saved is not None
+        # A resumed run goes on in the store it started in, wherever it is resumed from.
+        self.uri = saved["tracking_uri"] if saved else mlflow_uri(settings.tracking_uri)
         db = _sqlite_path(self.uri)
         self.logged: set[str] = set()
-        saved = run.saved.get("mlflow")
-        self.resumed = bool(saved and saved["tracking_uri"] == self.uri)
         with _locked(run.sweep_dir / ".tracking.lock" if run.sweep_dir else None), \
                 _locked(db.with_name(db.name + ".lock") if db else None):
             # Opening the store creates and migrates a new database: one process at a time.
