@@ -192,6 +192,15 @@ KEYS: dict[str, Spec] = {
     "device.threads": integer(ge=1, null=True),
     "device.precision": one_of("fp32", "bf16", "fp16"),
     "device.compile": BOOL,
+    # logger/: the trackers (none: metrics.jsonl only); several at once merge their blocks.
+    "logger.csv.file": string(),
+    "logger.tensorboard.dir": string(),
+    "logger.mlflow.tracking_uri": string(),
+    "logger.mlflow.experiment": string(),
+    "logger.mlflow.artifact_location": string(null=True),
+    "logger.wandb.project": string(),
+    "logger.wandb.entity": string(null=True),
+    "logger.wandb.mode": one_of("online", "offline", "disabled", "dryrun", "shared"),
 
     # optimizer/
     "optimizer.lr": POSITIVE,

@@ -18,6 +18,7 @@ log = logging.getLogger("bigmodel")
 
 def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     """Train as configured; returns the summary written to metrics.json."""
+    from bigmodel_cli.engine import loggers
     from bigmodel_cli.engine.checkpoint import load_weights
     from bigmodel_cli.engine.runtime import seed_everything
     from bigmodel_cli.engine.strategy import Strategy
@@ -33,12 +34,15 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     task = build(cfg.task, "task")
     source, model_cfg, prepared = _prepare_data(cfg, run_dir, task, strategy)
     model = _build_model(cfg, task, model_cfg, prepared, source, run_dir, strategy).to(device)
+    logger = loggers.build(cfg, run_dir, enabled=strategy.is_main,  # metrics.jsonl + logger/
+                           resumed_from=None if resume is None else resume[0].parent.parent)
     trainer = _trainer(cfg, command, run_dir, task, model, model_cfg, prepared, settings,
-                       device, strategy)
+                       device, strategy, logger)
     if resume is not None:
         load_weights(trainer.model, resume[0])
-    fit = trainer.fit(_batches(cfg, prepared, "train"), _batches(cfg, prepared, "validation"),
-                      None if resume is None else resume[1])
+    with logger.closed_on_error():
+        fit = trainer.fit(_batches(cfg, prepared, "train"), _batches(cfg, prepared, "validation"),
+                          None if resume is None else resume[1])
     strategy.barrier()  # rank 0 has written its checkpoints
     if not strategy.is_main:
         return {"paused": fit["paused"], "steps": fit["steps"], "rank": strategy.rank}
@@ -46,6 +50,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         log.info("paused after step %d (trainer.pause_after_steps=%d); continue with: "
                  "bigmodel %s trainer.resume=%s", fit["steps"], settings.pause_after_steps,
                  command, run_dir)
+        logger.close("paused")
         print(run_dir, flush=True)
         return {"paused": True, "steps": fit["steps"]}
     test_metrics = _score_test(cfg, trainer, prepared, run_dir)
@@ -54,6 +59,9 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     from bigmodel_cli.jsonfiles import write_json
 
     write_json(run_dir / "metrics.json", summary)
+    logger.log_summary(loggers.final_metrics(summary), step=trainer.step)
+    logger.log_artifacts(run_dir)
+    logger.close("ok")
     print_summary(summary, task)
     print(run_dir, flush=True)  # stdout: the run directory, for scripts
     return summary
@@ -127,7 +135,7 @@ def _build_model(cfg: DictConfig, task, model_cfg, prepared, source, run_dir: Pa
 
 
 def _trainer(cfg: DictConfig, command: str, run_dir: Path, task, model, model_cfg, prepared,
-             settings, device, strategy):
+             settings, device, strategy, logger):
     """The engine, with the optimizers, the wrapped model and what every checkpoint records."""
     from bigmodel_cli.engine.optim import build_optimizers
     from bigmodel_cli.engine.runtime import versions
@@ -151,7 +159,8 @@ def _trainer(cfg: DictConfig, command: str, run_dir: Path, task, model, model_cf
     }
     return Trainer(wrapped, task, optimizers, build(cfg.scheduler, "scheduler"), device,
                    settings, run_dir, checkpoint_meta,
-                   new_metrics=lambda: task.new_metrics(num_labels), strategy=strategy)
+                   new_metrics=lambda: task.new_metrics(num_labels), strategy=strategy,
+                   logger=logger)
 
 
 def _batches(cfg: DictConfig, prepared, split: str):
@@ -172,8 +181,8 @@ def _score_test(cfg: DictConfig, trainer, prepared, run_dir: Path) -> dict | Non
         test_metrics = evaluate(unwrap(trainer.model), trainer.task,
                                 _batches(cfg, prepared, "test"), trainer.device,
                                 trainer.new_metrics(), precision=trainer.settings.precision)
-        trainer.metrics_log.write({"split": "test", "step": trainer.step, "checkpoint": "best",
-                                   **test_metrics})
+        trainer.logger.log_metrics({"split": "test", "step": trainer.step,
+                                    "checkpoint": "best", **test_metrics})
     training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training_curves.png",
                     trainer.settings.monitor)
     return test_metrics

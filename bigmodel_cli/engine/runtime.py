@@ -1,18 +1,14 @@
-"""Device choice, seeding, and the run directory's metrics files."""
+"""Device choice, seeding, RNG state and versions (metrics.jsonl: engine/loggers.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.jsonfiles import clean_json
 
 log = logging.getLogger("bigmodel")
 
@@ -65,22 +61,6 @@ def restore_rng_state(state: dict) -> None:
 def _as_tuple(value):
     """random.setstate needs tuples; a saved state may come back with lists."""
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-class MetricsLog:
-    """`metrics.jsonl`: one JSON object per logged step and per evaluation, appended and flushed."""
-
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.enabled = enabled  # only rank 0 writes in distributed runs
-        self.start = time.time()
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        record = {"time": round(time.time() - self.start, 3), **clean_json(record)}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def versions() -> dict[str, str]:

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from bigmodel_cli.engine.checkpoint import save_checkpoint
+from bigmodel_cli.engine.loggers import Logger, Loggers, MetricsJsonl
 from bigmodel_cli.engine.progress import Progress, choose_mode
-from bigmodel_cli.engine.runtime import MetricsLog, restore_rng_state, rng_state
+from bigmodel_cli.engine.runtime import restore_rng_state, rng_state
 from bigmodel_cli.engine.strategy import Strategy
 from bigmodel_cli.errors import Interrupted, NonFiniteLoss, UsageError
 
@@ -135,7 +136,8 @@ class Trainer:
     def __init__(self, model: nn.Module, task: Any, optimizers: list[torch.optim.Optimizer],
                  scheduler_factory: Callable[..., Any], device: torch.device,
                  settings: TrainSettings, run_dir: Path, checkpoint_meta: dict,
-                 new_metrics: Callable[[], Any], strategy: Strategy | None = None) -> None:
+                 new_metrics: Callable[[], Any], strategy: Strategy | None = None,
+                 logger: Logger | None = None) -> None:
         self.model = model
         self.strategy = strategy or Strategy()
         # All ranks agree on stops and take part in saving; only the main one writes.
@@ -149,7 +151,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.checkpoint_meta = checkpoint_meta
         self.new_metrics = new_metrics
-        self.metrics_log = MetricsLog(run_dir, enabled=self.is_main)
+        # Where records go (commands/train.py builds it from the logger/ group); without
+        # one, metrics.jsonl on the main process only.
+        self.logger = logger if logger is not None else Loggers(
+            [MetricsJsonl(run_dir)] if self.is_main else [])
         self.step = 0
         self.epoch = 0            # the epoch in progress (1-based once training starts)
         self.batches_done = 0     # micro-batches of that epoch already trained on
@@ -231,7 +236,7 @@ class Trainer:
         metrics = evaluate(self.model, self.task, validation, self.device, self.new_metrics(),
                            precision=self.settings.precision)
         self.last_val = metrics
-        self.metrics_log.write({"split": "validation", "epoch": self.epoch, "step": self.step,
+        self.logger.log_metrics({"split": "validation", "epoch": self.epoch, "step": self.step,
                                 **metrics})
         monitor = self.settings.monitor
         if monitor not in metrics:
@@ -370,7 +375,7 @@ class Trainer:
                                 total_loss, count, rate = all_reduce_sum(
                                     [loss_sum, float(loss_count), speed])
                                 mean_loss, speed = total_loss / max(count, 1.0), rate
-                            self.metrics_log.write({
+                            self.logger.log_metrics({
                                 "split": "train", "epoch": self.epoch, "step": self.step,
                                 "loss": mean_loss, "lr": self.schedulers[0].get_last_lr()[0],
                                 "samples_per_s": speed})
