@@ -117,6 +117,7 @@ def run_hydra_command(command: str, args: list[str]) -> None:
         args = [*args, *distributed.cli_overrides(command, args)]
     saved_argv = sys.argv
     sys.argv = [f"bigmodel {command}", *args]
+    hydra_main.job_started = False  # per command: a second one in this process starts anew
     try:
         getattr(hydra_main, command)()
         from bigmodel_cli import sweeps
