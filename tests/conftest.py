@@ -233,7 +233,8 @@ TINY_FASTTEXT = ("model=fasttext", "model.ngram_buckets=20000")
 
 @pytest.fixture(scope="session")
 def news_lstm_run(session_cli) -> Path:
-    result = session_cli("finetune", "model=lstm", "data=news", "trainer=debug")
+    result = session_cli("finetune", "model=lstm", "model.embedding_dim=32",
+                         "model.hidden_size=32", "data=news", "trainer=debug")
     return run_dir_of(result, session_cli.cwd)
 
 
