@@ -57,11 +57,13 @@ def upstream_server(shared_data, tmp_path_factory):
     server.shutdown()
 
 
+# `datasets` reads HF_DATASETS_OFFLINE when it is imported: going online needs a new process.
 ONLINE = {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "no_proxy": "127.0.0.1",
           "NO_PROXY": "127.0.0.1"}
 
 
-def test_download_checks_sha256_and_caches(cli, upstream_server, tmp_path):
+def test_download_checks_sha256_and_caches(cli_process, upstream_server, tmp_path):
+    cli = cli_process
     env = {**ONLINE, "BIGMODEL_DATA_DIR": str(tmp_path / "empty"),
            "BIGMODEL_CACHE_DIR": str(tmp_path / "cache")}
     result = cli("finetune", *TINY_FASTTEXT, "trainer=debug", "trainer.epochs=1",
@@ -74,7 +76,8 @@ def test_download_checks_sha256_and_caches(cli, upstream_server, tmp_path):
     assert {p.name for p in cached.iterdir()} == {"train.txt", "dev.txt", "test.txt", "class.txt"}
 
 
-def test_download_with_wrong_checksum_fails_clearly(cli, upstream_server, tmp_path):
+def test_download_with_wrong_checksum_fails_clearly(cli_process, upstream_server, tmp_path):
+    cli = cli_process
     env = {**ONLINE, "BIGMODEL_DATA_DIR": str(tmp_path / "empty"),
            "BIGMODEL_CACHE_DIR": str(tmp_path / "cache")}
     result = cli("finetune", *TINY_FASTTEXT, "trainer=debug",

@@ -1,6 +1,8 @@
 """Layer 2: each kind of bad input gets one clear message and the documented exit code.
 
 Exit codes: 0 ok, 1 the job failed, 2 usage or config error, 130 interrupted.
+They run in this process (`cli`), through the same exit-code mapping as the console
+script; a config error and Ctrl-C also run as a process (`cli_process`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ def test_unknown_key_is_rejected(cli):
     _one_clear_message(result)
 
 
-def test_bad_value_type_names_key_and_type_before_loading_data(cli):
-    result = cli("finetune", "optimizer.lr=abc", "trainer.epochs=two")
+def test_bad_value_type_names_key_and_type_before_loading_data(cli_process):
+    result = cli_process("finetune", "optimizer.lr=abc", "trainer.epochs=two")
     assert result.returncode == 2
     assert "optimizer.lr: expected a number" in result.stderr
     assert "trainer.epochs: expected an integer" in result.stderr
@@ -41,6 +43,7 @@ def test_bad_value_type_names_key_and_type_before_loading_data(cli):
 def test_bad_override_syntax(cli):
     result = cli("finetune", "optimizer.lr=(")
     assert result.returncode == 2
+    assert "Error parsing override 'optimizer.lr=('" in result.stderr
     _one_clear_message(result)
 
 
@@ -68,7 +71,8 @@ def test_unavailable_device(cli):
     result = cli("finetune", "device=cuda", "trainer=debug", *TINY_FASTTEXT,
                  env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
-    assert "no CUDA device" in result.stderr
+    assert "device=cuda: no CUDA device is available here" in result.stderr
+    _one_clear_message(result)
 
 
 def test_run_dir_that_is_not_a_run_dir(cli, tmp_path):
@@ -84,7 +88,8 @@ def test_run_dir_that_is_not_a_run_dir(cli, tmp_path):
 def test_missing_required_run_argument(cli):
     result = cli("evaluate")
     assert result.returncode == 2
-    assert "run" in result.stderr
+    assert "missing required value: run (give it on the command line: run=...)" in result.stderr
+    _one_clear_message(result)
 
 
 def test_corrupt_and_missing_checkpoint(cli, news_lstm_run, tmp_path):
@@ -127,7 +132,7 @@ def test_job_failure_is_exit_1_and_keeps_what_was_written(cli):
     assert (run / "metrics.jsonl").is_file()
 
 
-def test_ctrl_c_exits_130_and_keeps_checkpoint_and_metrics(cli):
+def test_ctrl_c_exits_130_and_keeps_checkpoint_and_metrics(cli_process):
     import signal
     import subprocess
     import sys
@@ -137,8 +142,8 @@ def test_ctrl_c_exits_130_and_keeps_checkpoint_and_metrics(cli):
         [sys.executable, "-m", "bigmodel_cli", "finetune", *TINY_FASTTEXT, "trainer=debug",
          "trainer.max_train_samples=20000", "trainer.epochs=20", "trainer.eval_every_steps=10",
          "hydra.run.dir=outputs/interrupted"],
-        cwd=cli.cwd, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run = Path(cli.cwd, "outputs", "interrupted")
+        cwd=cli_process.cwd, env=cli_process.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = Path(cli_process.cwd, "outputs", "interrupted")
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints" / "last" / "meta.json").is_file():
         time.sleep(0.2)

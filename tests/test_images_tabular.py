@@ -160,8 +160,15 @@ def test_image_models_shapes_and_transfer():
     pixels = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
     assert cnn(pixels).shape == (3, 16) and cnn.output_dim == 16
     assert cnn(pixels[:, :, :8, :8]).shape == (3, 16)        # any size: pooled
+    # Other normalisation and augmentation, the same architecture: every tensor transfers.
     small = ResNetEncoder(1, [0.5], [0.2], None, widths=[8, 16], blocks_per_stage=2)
-    assert small.load_state_dict(cnn.state_dict()) is not None  # same keys and shapes
+    loaded = small.load_state_dict(cnn.state_dict())
+    assert loaded.missing_keys == [] and loaded.unexpected_keys == []
+    for name, tensor in small.state_dict().items():
+        assert torch.equal(tensor, cnn.state_dict()[name]), name
+    wider = ResNetEncoder(1, [0.5], [0.2], None, widths=[8, 32], blocks_per_stage=2)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        wider.load_state_dict(cnn.state_dict())
     vit = ViTEncoder(1, 28, [0.3], [0.3], aug, patch_size=7, d_model=16, n_layers=2,
                      n_heads=2, d_ff=32)
     assert vit(pixels).shape == (3, 16)

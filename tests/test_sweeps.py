@@ -1,5 +1,6 @@
 """Launchers and sweepers from the `sweep` extra: joblib (parallel local jobs),
-submitit_local, and Optuna with its direction taken from trainer.monitor_mode."""
+submitit_local, and Optuna with its direction taken from trainer.monitor_mode. The launchers
+start processes, so their sweeps run from a process too (`cli_process`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def _sweep_dir(cwd: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_joblib_launcher_runs_jobs_in_parallel_processes(cli):
+def test_joblib_launcher_runs_jobs_in_parallel_processes(cli_process):
+    cli = cli_process
     result = cli("finetune", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL,
                  "optimizer.lr=0.01,0.02")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -28,7 +30,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(cli):
 
 
 @pytest.mark.slow
-def test_submitit_local_launcher(cli):
+def test_submitit_local_launcher(cli_process):
+    cli = cli_process
     result = cli("finetune", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
                  *SMALL, "optimizer.lr=0.01,0.02")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -20,9 +20,13 @@ from bigmodel_cli.errors import UsageError
 log = logging.getLogger("bigmodel.data")
 
 
-def to_split(ids: list[list[int]], labels, encoding: dict, sep_id: int, labeled: bool):
+def to_split(ids: list[list[int]], labels, encoding: dict, sep_id: int, labeled: bool,
+             max_blocks: int | None = None, seed: int = 0):
     """Token ids -> EncodedSplit as `encoding` says: packed blocks, or one row per text.
-    Unlabeled (language-model) rows drop empty texts: they teach nothing."""
+    Unlabeled (language-model) rows drop empty texts: they teach nothing. Packed blocks are
+    cut to a seeded subset of at most `max_blocks`: trainer.max_train_samples/max_eval_samples
+    subset the texts before packing, which leaves a corpus of a few long documents (Tiny
+    Shakespeare is one) as large as it was; this bounds what is trained on in blocks too."""
     from bigmodel_cli.data.text import pack_blocks, to_tensors
 
     if encoding["pack"] or not labeled:
@@ -31,17 +35,33 @@ def to_split(ids: list[list[int]], labels, encoding: dict, sep_id: int, labeled:
             raise UsageError("no text to train or evaluate on: every text is empty")
     if encoding["pack"]:
         length = encoding["max_length"]
-        return to_tensors(pack_blocks(ids, length + encoding["overlap"], sep_id, stride=length))
+        blocks = pack_blocks(ids, length + encoding["overlap"], sep_id, stride=length)
+        return to_tensors(_at_most(blocks, max_blocks, seed))
     return to_tensors(ids, labels if labeled else None)
 
 
-def encode(tokenizer, texts: list[str], labels, encoding: dict, labeled: bool):
+def _at_most(blocks: list, n: int | None, seed: int) -> list:
+    """A seeded random subset of n blocks, in their original order (all when n is None)."""
+    from bigmodel_cli.data import splits
+
+    keep = splits.sample(len(blocks), n, seed)
+    return blocks if keep is None else [blocks[i] for i in keep]
+
+
+def encode(tokenizer, texts: list[str], labels, encoding: dict, labeled: bool,
+           max_blocks: int | None = None, seed: int = 0):
     """Raw texts -> (EncodedSplit, number truncated), the same at training, evaluate, predict."""
     from bigmodel_cli.data.text import SEP, encode_texts
 
     limit = None if encoding["pack"] else encoding["max_length"] + encoding["overlap"]
     ids, truncated = encode_texts(tokenizer, texts, limit, encoding["add_special_tokens"])
-    return to_split(ids, labels, encoding, tokenizer.token_to_id(SEP), labeled), truncated
+    split = to_split(ids, labels, encoding, tokenizer.token_to_id(SEP), labeled,
+                     max_blocks, seed)
+    return split, truncated
+
+
+def _max_samples(ctx: DataContext, split: str) -> int | None:
+    return ctx.max_train_samples if split == "train" else ctx.max_eval_samples
 
 
 def _batches_factory(cfg: DictConfig, ctx: DataContext):
@@ -89,7 +109,8 @@ def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
         tokenizer.save(str(run_dir / "tokenizer.json"))
         write_json(run_dir / "labels.json", data.label_names)
     sep_id = tokenizer.token_to_id(SEP)
-    splits = {split: to_split(ids, labels, encoding, sep_id, task.needs_labels)
+    splits = {split: to_split(ids, labels, encoding, sep_id, task.needs_labels,
+                              _max_samples(ctx, split), ctx.seed)
               for split, (ids, labels) in encoded.items()}
     if encoding["pack"]:
         log.info("packed into blocks of %d tokens: %s",
@@ -118,7 +139,7 @@ def eval_batches(trained, data_cfg: DictConfig, split: str | None, batch_size: i
         raise UsageError(f"the labels of the data ({data.label_names}) differ from the run's "
                          f"labels.json ({trained.label_names})")
     encoded, _ = encode(trained.assets, ds["text"], labels, encoding,
-                        trained.task.needs_labels)
+                        trained.task.needs_labels, _max_samples(ctx, split), ctx.seed)
     return EvalData(split=split, batches=TextBatches(encoded, batch_size, shuffle=False),
                     label_names=data.label_names)
 
