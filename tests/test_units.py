@@ -118,3 +118,29 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     assert main.unique_dir(base) == base + "-2"
     main._claimed_dirs.clear()
     assert main.unique_dir(base) == base + "-3"
+
+
+def test_wordpiece_vocabulary_is_the_same_in_every_process(shared_data):
+    """The WordPiece trainer numbers some pieces in hash-map order; we renumber them, so a
+    new process (another hash seed) trains the same ids from the same texts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import csv, gzip, json, sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from bigmodel_cli.data.text import train_tokenizer\n"
+        f"rows = csv.DictReader(gzip.open({str(shared_data / 'thucnews' / 'train.csv.gz')!r},"
+        " 'rt', encoding='utf-8'))\n"
+        "texts = [r['text'] for r, _ in zip(rows, range(5000))]\n"
+        "cfg = OmegaConf.create({'kind': 'wordpiece', 'vocab_size': 2000, 'min_frequency': 2,"
+        " 'lowercase': True})\n"
+        "print(json.dumps(train_tokenizer(texts, cfg).get_vocab(), sort_keys=True))\n")
+    vocabs = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                        text=True, check=True,
+                                        env={**os.environ,
+                                             "PYTHONHASHSEED": str(seed)}).stdout)
+              for seed in (1, 2)]
+    assert len(vocabs[0]) > 1000 and vocabs[0] == vocabs[1]

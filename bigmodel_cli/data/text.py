@@ -67,7 +67,22 @@ def train_tokenizer(texts, cfg):
     if cfg.lowercase and kind != "wordpiece":
         tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    if kind == "wordpiece":  # the same ids in every process (see _stable_wordpiece)
+        tokenizer.model = _stable_wordpiece(tokenizer.get_vocab())
     return tokenizer
+
+
+def _stable_wordpiece(vocab: dict[str, int]):
+    """A WordPiece model over the same tokens, numbered in a fixed order: the special tokens
+    first (ids 0-4), then every other token sorted. The WordPiece trainer of `tokenizers`
+    learns the same tokens in every process but numbers some "##" pieces in hash-map order,
+    which differs from one process to the next, so the same seed would give a different
+    model in a new process."""
+    from tokenizers import models
+
+    rest = sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+    ordered = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *rest])}
+    return models.WordPiece(ordered, unk_token=UNK, continuing_subword_prefix="##")
 
 
 def load_tokenizer(path: Path):
