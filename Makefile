@@ -1,5 +1,5 @@
 # bigmodel: set-up, tests and benchmarks.
-#   make install                      the package (editable) with the sweep and hf extras and dev tools,
+#   make install                      the package (editable) with the sweep, hf and serve extras and dev tools,
 #                                     CPU torch by default
 #   make install TORCH_CONSTRAINT=    keep whatever torch pip picks (e.g. a CUDA build)
 #   make test                         the test suite without the slow tests (~7 minutes)
@@ -13,7 +13,7 @@ CONSTRAINT_ARGS = $(if $(TORCH_CONSTRAINT),-c $(TORCH_CONSTRAINT),)
 .PHONY: install test test-slow bench lint clean
 
 install:
-	$(PYTHON) -m pip install $(CONSTRAINT_ARGS) -e ".[dev,sweep,hf]"
+	$(PYTHON) -m pip install $(CONSTRAINT_ARGS) -e ".[dev,sweep,hf,serve]"
 
 test:
 	$(PYTHON) -m pytest -q -m "not slow"
