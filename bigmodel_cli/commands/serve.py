@@ -43,12 +43,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     api_key = _api_key(cfg.api_key_env)
     _check_limits(cfg)
     service = _load(cfg, api_key)
-    sock = _bind(cfg.host, cfg.port)
-    host, port = sock.getsockname()[:2]
     if cfg.host in ("0.0.0.0", "::", "") and api_key is None:
         log.warning("warning: listening on every interface (host=%s) without an API key; "
                     "anyone who reaches this machine can use the model (set api_key_env=NAME)",
                     cfg.host)
+    sock = _bind(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
     from bigmodel_cli.serving.app import create_app
 
     app = create_app(service)
