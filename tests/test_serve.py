@@ -387,8 +387,8 @@ def test_bert_fill_mask(runs):
 # -- the command: startup errors, and one real server process -------------------------------
 
 def test_startup_errors_exit_2_before_binding(cli, runs, tmp_path):
-    import socket
     import shutil
+    import socket
 
     run = runs("text")
     not_a_run = cli("serve", f"run={tmp_path}", "port=0")
@@ -397,7 +397,8 @@ def test_startup_errors_exit_2_before_binding(cli, runs, tmp_path):
     shutil.copytree(run, corrupt)
     (corrupt / "checkpoints" / "best" / "model.safetensors").write_bytes(b"\x00" * 100)
     result = cli("serve", f"run={corrupt}", "port=0")
-    assert result.returncode == 2 and "does not load" in result.stderr, result.stderr
+    assert result.returncode == 2 and "model.safetensors" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, nothing bound
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
