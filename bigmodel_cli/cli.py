@@ -160,6 +160,12 @@ def predict(ctx: typer.Context) -> None:
     run_hydra_command("predict", ctx.args)
 
 
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
+def serve(ctx: typer.Context) -> None:
+    """Serve a trained run over HTTP: batched predictions, metrics, limits."""
+    run_hydra_command("serve", ctx.args)
+
+
 @app.command()
 def report(
     directory: str = typer.Argument(..., help="A sweep directory (outputs/<command>/multirun/<date>/<time>) "

@@ -167,6 +167,20 @@ KEYS: dict[str, Spec] = {
     "max_new_tokens": COUNT,
     "temperature": NON_NEGATIVE,
 
+    # serve.yaml
+    "host": string(),
+    "port": integer(ge=0, le=65535),                   # 0: any free port
+    "max_batch_size": COUNT,
+    "max_wait_ms": NON_NEGATIVE,
+    "max_inputs_per_request": COUNT,
+    "max_body_bytes": COUNT,
+    "request_timeout_s": POSITIVE,
+    "api_key_env": string(null=True),
+    "workers": COUNT,
+    "shutdown_grace_s": NON_NEGATIVE,
+    "max_new_tokens_limit": COUNT,
+    "max_temperature": NON_NEGATIVE,
+
     # trainer/
     "trainer.epochs": COUNT,
     "trainer.max_steps": integer(ge=1, null=True),

@@ -112,3 +112,48 @@ def encode_inputs(trained, images: list, task) -> tuple[dict, list[bool]]:
               if isinstance(x, bytes) else load_image_file(Path(x), pre["channels"], pre["image_size"])
               for i, x in enumerate(images)]
     return {"index": torch.arange(len(images)), "pixels": torch.stack(pixels)}, [False] * len(images)
+
+
+def request_inputs(trained, inputs: list) -> list[bytes]:
+    """A request's `inputs` -> encoded image bytes: base64 strings (JSON; a data: URL prefix
+    is allowed) or the bytes of uploaded files. Each is decoded once here, so that an image
+    that does not decode is refused (naming it) before it joins a batch with others."""
+    import base64
+    import binascii
+
+    from bigmodel_cli.data.images import decode_image
+
+    images = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            try:
+                item = base64.b64decode(item.split(",", 1)[1] if item.startswith("data:")
+                                        else item, validate=True)
+            except (binascii.Error, ValueError):
+                raise UsageError(f"inputs[{i}]: not valid base64") from None
+        if not isinstance(item, bytes):
+            raise UsageError(f"inputs[{i}]: expected an image as a base64 string, got "
+                             f"{type(item).__name__}")
+        decode_image(item, trained.assets["channels"], f"inputs[{i}]")
+        images.append(item)
+    return images
+
+
+def input_schema(trained) -> dict:
+    pre = trained.assets
+    return {"kind": "image", "items": "base64 string of a PNG/JPEG/... file (or multipart "
+            "files in the field 'inputs')", "channels": pre["channels"],
+            "image_size": pre["image_size"], "example": [_example_png(pre)]}
+
+
+def _example_png(pre: dict) -> str:
+    """A blank image of the run's size, base64-encoded: a request that runs as it is."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    mode = "L" if pre["channels"] == 1 else "RGB"
+    Image.new(mode, (pre["image_size"], pre["image_size"])).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

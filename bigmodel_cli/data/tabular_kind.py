@@ -112,3 +112,36 @@ def encode_inputs(trained, rows: list[dict], task) -> tuple[dict, list[bool]]:
     frame = pd.DataFrame.from_records(rows)
     features = torch.from_numpy(trained.assets.transform(frame, "input rows"))
     return {"index": torch.arange(len(rows)), "features": features}, [False] * len(rows)
+
+
+def request_inputs(trained, inputs: list) -> list[dict]:
+    """A request's `inputs` -> table rows: JSON objects with the run's input columns (other
+    keys are ignored, as in predict). Numeric columns take numbers (null: the train mean, as
+    a missing value in a file); UsageError naming the row and column otherwise."""
+    pre = trained.assets
+    for i, row in enumerate(inputs):
+        if not isinstance(row, dict):
+            raise UsageError(f"inputs[{i}]: expected a table row (a JSON object of column -> "
+                             f"value), got {type(row).__name__}")
+        missing = [c for c in pre.columns if c not in row]
+        if missing:
+            raise UsageError(f"inputs[{i}]: no column {', '.join(map(repr, missing))}; the "
+                             f"model takes {', '.join(pre.columns)}")
+        for col in pre.numeric:
+            value = row[col]
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise UsageError(f"inputs[{i}].{col}: must be a number (or null), got {value!r}")
+            if isinstance(value, float) and value != value:
+                raise UsageError(f"inputs[{i}].{col}: must be a number, got NaN")
+    return list(inputs)
+
+
+def input_schema(trained) -> dict:
+    pre = trained.assets
+    example = {col: pre.categorical[col][0] if col in pre.categorical else
+               round(pre.numeric[col][0], 4) for col in pre.columns}
+    return {"kind": "tabular", "items": "object of column -> value",
+            "columns": {col: "category" if col in pre.categorical else "number"
+                        for col in pre.columns},
+            "categories": pre.categorical, "example": [example]}

@@ -196,3 +196,23 @@ def encode_inputs(trained, texts: list[str], task) -> tuple[dict, list[bool]]:
     batch = to_tensors(ids)
     return ({"index": torch.arange(len(texts)), "input_ids": batch.input_ids,
              "lengths": batch.lengths}, truncated)
+
+
+def request_inputs(trained, inputs: list) -> list[str]:
+    """A request's `inputs` (JSON values) -> texts; UsageError naming the first bad item."""
+    for i, text in enumerate(inputs):
+        if not isinstance(text, str):
+            raise UsageError(f"inputs[{i}]: expected a text (a JSON string), got "
+                             f"{type(text).__name__}")
+        if not text.strip():
+            raise UsageError(f"inputs[{i}]: empty text")
+    return list(inputs)
+
+
+def input_schema(trained) -> dict:
+    """What a request's `inputs` hold for this run, with an example (for /v1/metadata, /docs)."""
+    example = "ROMEO:" if trained.task.generates_text else (
+        "The capital of France is [MASK]." if trained.task.name == "mlm" else "央行宣布下调存款准备金率")
+    return {"kind": "text", "items": "string",
+            "max_length": encoding_of(trained.meta)["max_length"],
+            "truncated": bool(trained.task.truncates_inputs), "example": [example]}
