@@ -8,7 +8,7 @@ labels.json; evaluate and predict read the same file.
 
 Batches (tensor columns):
   rating     users, items, ratings
-  next_item  train: history [N, L] (right-padded), targets [N, L] (the next item at each
+  next_item  train: windows of each user's sequence, history [N, L] (right-padded), targets [N, L] (the next item at each
              position, 0 at padding), lengths; evaluation: history (the interactions before
              the held-out one, the last L), lengths, target, seen [N, S] (every item before
              the held-out one, 0-padded: excluded from the ranking)
@@ -110,7 +110,8 @@ def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
         splits = {"train": train_columns(raw["train"], vocab, L),
                   **{s: eval_columns(raw[s], vocab, L) for s in ("validation", "test")}}
         model_args = {"num_items": len(items), "max_len": L}
-        baselines = popularity_baseline(splits, len(items), task.top_k)
+        train_items = [i for u in sorted(raw["train"]) for i in vocab.item_ids(raw["train"][u])]
+        baselines = popularity_baseline(splits, train_items, len(items), task.top_k)
         label_names = items
     vocab.titles = [data.titles.get(t, "") for t in vocab.items]
     vocab.histories = ia.sequences(data.frame)
@@ -170,13 +171,19 @@ def pad(rows: list[list[int]], width: int | None = None):
 
 
 def train_columns(seqs: dict[str, list[str]], vocab: Vocab, max_len: int) -> Columns:
-    """Each user's train sequence: position t sees items[:t+1] and learns items[t+1]."""
+    """Each user's train sequence, cut from its end into windows of max_len + 1 items (so a
+    long history is all trained on): position t of a window sees its items[:t+1] and learns
+    items[t+1]."""
     import torch
 
-    ids = [vocab.item_ids(seqs[u])[-(max_len + 1):] for u in sorted(seqs) if len(seqs[u]) >= 2]
-    return Columns({"history": pad([s[:-1] for s in ids], max_len),
-                    "targets": pad([s[1:] for s in ids], max_len),
-                    "lengths": torch.tensor([len(s) - 1 for s in ids], dtype=torch.long)})
+    windows = []
+    for user in sorted(seqs):
+        ids = vocab.item_ids(seqs[user])
+        for end in range(len(ids), 1, -max_len):
+            windows.append(ids[max(0, end - max_len - 1):end])
+    return Columns({"history": pad([w[:-1] for w in windows], max_len),
+                    "targets": pad([w[1:] for w in windows], max_len),
+                    "lengths": torch.tensor([len(w) - 1 for w in windows], dtype=torch.long)})
 
 
 def eval_columns(held_out: dict[str, tuple], vocab: Vocab, max_len: int) -> Columns:
@@ -219,16 +226,14 @@ def _errors(y: np.ndarray, p: np.ndarray) -> dict:
     return {"rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(y - p))), "mse": mse}
 
 
-def popularity_baseline(splits: dict, num_items: int, k: int) -> dict:
+def popularity_baseline(splits: dict, train_items: list[int], num_items: int, k: int) -> dict:
     """Most-popular (train interaction counts), ranked over the same candidates as the model:
     every item the user has not interacted with; ties go to the lower item index."""
     import torch
 
     from bigmodel_cli.tasks.next_item import rank_of_targets, ranking_metrics
 
-    counts = torch.bincount(splits["train"].tensors["targets"].flatten(), minlength=num_items + 1)
-    counts = counts + torch.bincount(splits["train"].tensors["history"][:, :1].flatten(),
-                                     minlength=num_items + 1)
+    counts = torch.bincount(torch.tensor(train_items, dtype=torch.long), minlength=num_items + 1)
     # strictly decreasing in the item index among equal counts: a deterministic order
     scores = counts.double() - torch.arange(num_items + 1).double() / (num_items + 2)
     out = {}
