@@ -38,6 +38,10 @@ help:
 
 install:
 	$(PYTHON) -m pip install $(CONSTRAINT_ARGS) -e ".[$(EXTRAS)]"
+	# MovieLens-100k for data=movielens offline: only the data files inside this wheel are
+	# read; --no-deps because recbole's own dependencies are heavy and unused (an extra
+	# cannot say --no-deps).
+	$(PYTHON) -m pip install --no-deps recbole==1.2.1
 
 lock:
 	$(PYTHON) -m uv pip compile pyproject.toml $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) \

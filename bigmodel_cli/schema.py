@@ -167,6 +167,9 @@ KEYS: dict[str, Spec] = {
     "max_new_tokens": COUNT,
     "temperature": NON_NEGATIVE,
 
+    "user": string(null=True, many=True),              # recommendation: user id(s)
+    "history": list_of(string(), null=True),           # sequential recommendation: item ids
+
     # serve.yaml
     "host": string(),
     "port": integer(ge=0, le=65535),                   # 0: any free port
@@ -232,6 +235,8 @@ KEYS: dict[str, Spec] = {
     "task.head_dropout": DROPOUT,
     "task.label_smoothing": DROPOUT,
     "task.monitor": string(),
+    "task.monitor_mode": one_of("max", "min"),
+    "task.top_k": COUNT,                               # recommendation: K of HR@K, items listed
     "task.causal": BOOL,
     "task.mask_prob": number(gt=0, le=1),              # 0 would leave nothing to predict
     "task.mask_token_prob": PROBABILITY,
@@ -253,6 +258,11 @@ KEYS: dict[str, Spec] = {
     "model.sparse": BOOL,
     "model.n_layers": COUNT,
     "model.d_model": COUNT,
+    "model.dim": COUNT,                                # mf: embedding size
+    "model.init_std": POSITIVE,
+    "model.reg": NON_NEGATIVE,                         # mf: L2 penalty on the rows a batch uses
+    "model.weight_decay": NON_NEGATIVE,                # the model's suggested AdamW weight decay
+    "model.epochs": COUNT,                             # the model's suggested trainer.epochs
     "model.n_heads": COUNT,
     "model.d_ff": COUNT,
     "model.max_len": COUNT,
@@ -265,14 +275,22 @@ KEYS: dict[str, Spec] = {
     "model.patch_size": COUNT,
 
     # data/: every option's keys (text, image and tabular datasets)
-    "data.kind": one_of("text", "image", "tabular"),
+    "data.kind": one_of("text", "image", "tabular", "interactions"),
     "data.name": string(),
-    "data.loader": one_of("parquet", "sklearn_digits", "folder", "files", "sklearn_diabetes"),
+    "data.loader": one_of("parquet", "sklearn_digits", "folder", "files", "sklearn_diabetes",
+                          "movielens", "file"),
     "data.path": string(null=True),
     "data.files.*": string(null=True),                 # split -> file name
     "data.labels_file": string(null=True),
     "data.text_column": string(),
     "data.label_column": string(null=True),            # null: unlabeled text
+    # data.kind=interactions (recommendation)
+    "data.file": string(null=True),
+    "data.user_column": string(null=True),
+    "data.item_column": string(null=True),
+    "data.rating_column": string(null=True),           # null: implicit feedback
+    "data.time_column": string(null=True),             # null: the file order is the time order
+    "data.min_rating": number(null=True),
     "data.image_column": string(),
     "data.upstream": mapping(null=True),
     "data.upstream.url": string(),

@@ -50,13 +50,19 @@ def test_primary_configs_compose(name):
 
 # Options that only fit one kind of data, and the model and data each kind is tried with.
 KIND_OF = {("model", "cnn"): "image", ("model", "vit"): "image", ("model", "mlp"): "tabular",
-           ("task", "regression"): "tabular"}
+           ("task", "regression"): "tabular", ("model", "mf"): "interactions",
+           ("task", "rating"): "interactions", ("model", "sasrec"): "interactions",
+           ("task", "next_item"): "interactions"}
 KIND_DEFAULTS = {"image": {"model": "cnn", "data": "digits"},
-                 "tabular": {"model": "mlp", "data": "diabetes"}}
+                 "tabular": {"model": "mlp", "data": "diabetes"},
+                 "interactions": {"model": "mf", "task": "rating", "data": "movielens"}}
+# Sequential recommendation options go with each other (and the rest with model=mf).
+SEQUENTIAL = {("model", "sasrec"), ("task", "next_item")}
 MODEL_ARGS = {"text": {"vocab_size": 50, "padding_idx": 0},
               "image": {"in_channels": 1, "image_size": 8, "mean": [0.5], "std": [0.25],
                         "augment": {"crop_padding": 1, "hflip": True, "erasing": 0.5}},
-              "tabular": {"num_features": 4}}
+              "tabular": {"num_features": 4},
+              "interactions": {"num_users": 4, "num_items": 5}}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
@@ -71,11 +77,16 @@ def test_group_option_composes_and_instantiates(group, option):
     command, extra = ("pretrain", ["model=bert_tiny"]) if (group, option) == ("task", "lm") \
         else ("finetune", [])
     kind = KIND_OF.get((group, option)) or _compose("finetune", [f"{group}={option}"]).data.kind
-    extra += [f"{g}={o}" for g, o in KIND_DEFAULTS.get(kind, {}).items() if g != group]
+    defaults = dict(KIND_DEFAULTS.get(kind, {}))
+    if (group, option) in SEQUENTIAL:
+        defaults.update(model="sasrec", task="next_item")
+    extra += [f"{g}={o}" for g, o in defaults.items() if g != group]
     cfg = _compose(command, [*extra, f"{group}={option}"])
     node = OmegaConf.select(cfg, group.replace("/", "."))
     assert node is not None and cfg.data.kind == kind
-    model = instantiate(model_config(cfg, None), **MODEL_ARGS[kind])
+    sequential = cfg.task._target_.endswith("NextItemTask")
+    args = {"num_items": 5, "max_len": 6} if sequential else MODEL_ARGS[kind]
+    model = instantiate(model_config(cfg, None), **args)
     task = instantiate(cfg.task)
     full = task.build_model(model, 3)
     sparse = getattr(getattr(model, "embedding", None), "sparse", False)
@@ -85,6 +96,10 @@ def test_group_option_composes_and_instantiates(group, option):
              "lengths": torch.tensor([6, 4]), "pixels": torch.randint(0, 256, (2, 1, 8, 8)).byte(),
              "features": torch.randn(2, 4), "labels": torch.tensor([0, 2]),
              "targets": torch.randn(2, 3)}
+    if kind == "interactions":   # rating: user-item pairs; next item: item sequences
+        batch.update(users=torch.tensor([1, 4]), items=torch.tensor([2, 0]),
+                     ratings=torch.tensor([4.0, 2.0]), history=torch.randint(1, 6, (2, 6)),
+                     targets=torch.randint(0, 6, (2, 6)))
     outputs = task.forward(full, batch)
     if task.name == "classification":
         assert outputs.shape == (2, 3)
@@ -93,7 +108,9 @@ def test_group_option_composes_and_instantiates(group, option):
     scheduler.step()
     keys = {"text": ("name", "files", "text_column", "label_column", "max_length", "tokenizer"),
             "image": ("name", "loader", "channels", "image_size", "augment", "eval_split"),
-            "tabular": ("name", "loader", "target", "features", "categorical", "eval_split")}
+            "tabular": ("name", "loader", "target", "features", "categorical", "eval_split"),
+            "interactions": ("name", "loader", "user_column", "item_column", "min_rating",
+                             "max_length", "eval_split")}
     for key in keys[kind]:
         assert key in cfg.data.keys()  # (`in cfg.data` is False for a required ??? value)
 

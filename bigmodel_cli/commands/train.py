@@ -201,7 +201,7 @@ def _summary(cfg: DictConfig, command: str, run_dir: Path, task, prepared, fit: 
         "monitor": trainer.settings.monitor, "monitor_mode": trainer.settings.monitor_mode,
         "best_step": fit["best_step"],
         "best_validation": fit["best_validation"], "last_validation": fit["last_validation"],
-        "test": test_metrics, "steps": fit["steps"], "epochs": fit["epochs"],
+        "test": test_metrics, "baselines": prepared.baselines, "steps": fit["steps"], "epochs": fit["epochs"],
         "skipped_steps": fit["skipped_steps"],
         "train_time_s": round(fit["train_time_s"], 3),
         "samples_per_s": round(fit["samples_per_s"] * world_size, 1),

@@ -25,7 +25,7 @@ from bigmodel_cli.errors import UsageError
 log = logging.getLogger("bigmodel")
 
 # model/ keys that are not encoder arguments: how to start and train it, its suggested lr.
-TRANSFER_KEYS = ("init_from", "freeze_encoder", "head_lr_mult", "lr")
+TRANSFER_KEYS = ("init_from", "freeze_encoder", "head_lr_mult", "lr", "weight_decay", "epochs")
 PER_RUN_KEYS = ("dropout", "pooling")   # may differ from the source run's
 
 

@@ -1,6 +1,6 @@
 """Kinds of data, and what the commands need from each.
 
-`data.kind` (text | image | tabular) picks a module in bigmodel_cli.data that provides:
+`data.kind` (text | image | tabular | interactions) picks a module in bigmodel_cli.data that provides:
 
   prepare(cfg, run_dir, ctx, task) -> Prepared
       Load, split and preprocess the training data (fitting what is fitted on train: a
@@ -31,7 +31,8 @@ from typing import Any
 from bigmodel_cli.errors import UsageError
 
 KINDS = {"text": "bigmodel_cli.data.text_kind", "image": "bigmodel_cli.data.image_kind",
-         "tabular": "bigmodel_cli.data.tabular_kind"}
+         "tabular": "bigmodel_cli.data.tabular_kind",
+         "interactions": "bigmodel_cli.data.interactions_kind"}
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Prepared:
     source: str = ""
     folder: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # reference figures on the same splits ({split: {baseline: metrics}}), in metrics.json
+    baselines: dict = field(default_factory=dict)
 
     def batches(self, split: str, batch_size: int, train: bool) -> Any:
         return self.make_batches(self.splits[split], batch_size, train)
