@@ -141,6 +141,7 @@ pretrain = _hydra_app("pretrain")
 finetune = _hydra_app("finetune")
 evaluate = _hydra_app("evaluate")
 predict = _hydra_app("predict")
+export = _hydra_app("export")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use the `bigmodel` command")

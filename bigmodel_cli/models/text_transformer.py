@@ -48,7 +48,7 @@ class TextTransformer(nn.Module):
         mask = positions[None, :] < lengths.clamp(min=1)[:, None]
         # A causal mask alone is enough when every row is full (packed blocks): the fused
         # kernel then runs without an explicit mask.
-        full = bool((lengths == t).all())
+        full = not torch.onnx.is_in_onnx_export() and bool((lengths == t).all())
         return self.stack(x, None if full else mask, self.causal)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
