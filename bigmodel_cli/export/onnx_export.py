@@ -144,7 +144,9 @@ def _export_graph(model, inputs: list[str], outputs: list[str], batch: dict, pat
     axes = {k: AXES[k] for k in inputs} | {k: {0: "batch"} for k in outputs}
     errors = []
     for dynamo in (False, True):
-        kwargs = ({"dynamic_shapes": tuple({d: torch.export.Dim.AUTO for d in AXES[k]} for k in inputs)}
+        dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
+        # forward(*tensors): torch.export sees one argument, the tuple of inputs
+        kwargs = ({"dynamic_shapes": (tuple({d: dims[n] for d, n in AXES[k].items()} for k in inputs),)}
                   if dynamo else {"dynamic_axes": axes})
         try:
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -156,7 +158,7 @@ def _export_graph(model, inputs: list[str], outputs: list[str], batch: dict, pat
             return "torch.export" if dynamo else "torchscript"
         except Exception as exc:  # the other exporter may manage
             errors.append(f"{'torch.export' if dynamo else 'torchscript'}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                          f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
             path.unlink(missing_ok=True)
     raise RuntimeError("the model could not be exported to ONNX: " + "; ".join(errors))
 
