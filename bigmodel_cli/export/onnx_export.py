@@ -83,10 +83,10 @@ def _build(cfg: DictConfig, trained, folder: Path) -> dict:
     if cfg.quantize == "int8":
         report = _quantize(cfg, trained, folder, session, inputs, outputs)
     _write_assets(trained, folder)
-    from bigmodel_cli.engine.runtime import versions
-
     import onnx
     import onnxruntime
+
+    from bigmodel_cli.engine.runtime import versions
 
     manifest = {
         "format": "onnx", "opset": cfg.opset, "exporter": exporter, "task": trained.task.name,
@@ -154,6 +154,7 @@ def _export_graph(model, inputs: list[str], outputs: list[str], batch: dict, pat
                 torch.onnx.export(graph, example, str(path), input_names=inputs,
                                   output_names=outputs, opset_version=opset, dynamo=dynamo,
                                   verbose=False, **kwargs)
+            _single_file(path)
             _check_runs(path, inputs, batch)
             return "torch.export" if dynamo else "torchscript"
         except Exception as exc:  # the other exporter may manage
@@ -161,6 +162,17 @@ def _export_graph(model, inputs: list[str], outputs: list[str], batch: dict, pat
                           f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
             path.unlink(missing_ok=True)
     raise RuntimeError("the model could not be exported to ONNX: " + "; ".join(errors))
+
+
+def _single_file(path: Path) -> None:
+    """torch.export's exporter keeps weights in model.onnx.data: fold them into model.onnx
+    (one file to copy and hash; ONNX files stay under protobuf's 2 GB here)."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        onnx.save(onnx.load(str(path)), str(path))
+        data.unlink()
 
 
 def _check_runs(path: Path, inputs: list[str], batch: dict) -> None:
