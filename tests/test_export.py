@@ -139,3 +139,31 @@ def test_folder_runs_without_bigmodel_or_torch(runs, tmp_path):
                            capture_output=True, text=True, check=True, cwd=tmp_path)
     records = _predict(run_dir, "torch", tmp_path / "t.txt", tmp_path / "torch.jsonl")
     assert json.loads(plain.stdout) == [r["label"] for r in records]
+
+
+class _Ids:
+    """Decodes ids as their numbers: what a tokenizer returns does not matter here."""
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("new_tokens", [6, 40])  # within the window, and sliding past max_len
+def test_kv_cache_greedy_tokens_equal_uncached(new_tokens):
+    import torch
+
+    from bigmodel_cli.models.text_transformer import TextTransformer
+    from bigmodel_cli.tasks.generation import generate
+    from bigmodel_cli.tasks.language_model import LanguageModel
+
+    torch.manual_seed(0)
+    model = LanguageModel(TextTransformer(60, n_layers=2, d_model=32, n_heads=4, d_ff=64,
+                                          max_len=16, dropout=0.0, causal=True), False).eval()
+    prompt = [7, 12, 30, 41, 9]
+    out = {}
+    with torch.inference_mode():
+        for cached in (True, False):
+            out[cached] = generate(model, _Ids(), prompt, max_new_tokens=new_tokens, temperature=0,
+                                   top_k=0, generator=None, device="cpu", use_cache=cached)
+    assert len(out[True].split()) == new_tokens
+    assert out[True] == out[False]
