@@ -166,6 +166,12 @@ def serve(ctx: typer.Context) -> None:
     run_hydra_command("serve", ctx.args)
 
 
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
+def export(ctx: typer.Context) -> None:
+    """Export a trained run to ONNX (optionally int8), checked against the torch model."""
+    run_hydra_command("export", ctx.args)
+
+
 @app.command()
 def report(
     directory: str = typer.Argument(..., help="A sweep directory (outputs/<command>/multirun/<date>/<time>) "

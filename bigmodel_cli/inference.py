@@ -59,17 +59,30 @@ class Predictor:
 
     @classmethod
     def load(cls, run: str | Path, ckpt: str, device_name: str, threads: int | None,
-             precision: str = "fp32") -> Predictor:
+             precision: str = "fp32", backend: str = "torch") -> Predictor:
+        """`backend`: torch, or onnx / onnx-int8, the run's export folder run through
+        onnxruntime in the model's place (the task makes the same records from it)."""
+        from dataclasses import replace
+
         from bigmodel_cli.commands.common import load_run
         from bigmodel_cli.engine.runtime import select_device
         from bigmodel_cli.engine.trainer import autocast
 
-        device = select_device(device_name, threads)
+        # onnxruntime runs on the CPU here; the torch side (encoding, records) follows it.
+        device = select_device(device_name if backend == "torch" else "cpu", threads)
         try:
             autocast(device, precision)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        return cls(load_run(str(run), ckpt, device), device, precision)
+        from bigmodel_cli.export.backend import BACKENDS, export_folder, load_export
+
+        if backend not in BACKENDS:
+            raise UsageError(f"backend={backend}: must be one of {', '.join(BACKENDS)}")
+        trained = load_run(str(run), ckpt, device)
+        if backend != "torch":
+            folder = export_folder(trained.run_dir, backend)
+            trained = replace(trained, model=load_export(folder, trained.ckpt_dir, threads))
+        return cls(trained, device, precision)
 
     @property
     def label_names(self) -> list[str]:

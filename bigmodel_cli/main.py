@@ -142,6 +142,7 @@ finetune = _hydra_app("finetune")
 evaluate = _hydra_app("evaluate")
 predict = _hydra_app("predict")
 serve = _hydra_app("serve")
+export = _hydra_app("export")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use the `bigmodel` command")

@@ -162,13 +162,20 @@ KEYS: dict[str, Spec] = {
     "text_column": string(),
     "path_column": string(),
     "output": string(null=True),
-    "format": one_of("jsonl", "text", null=True),
+    "format": one_of("jsonl", "text", "onnx", null=True),   # predict: jsonl|text; export: onnx
     "top_k": integer(ge=0, null=True),
     "max_new_tokens": COUNT,
     "temperature": NON_NEGATIVE,
 
     "user": string(null=True, many=True),              # recommendation: user id(s)
     "history": list_of(string(), null=True),           # sequential recommendation: item ids
+
+    "backend": one_of("torch", "onnx", "onnx-int8"),    # predict: the model's runtime
+
+    # export.yaml
+    "quantize": one_of("none", "int8"),
+    "opset": integer(ge=13),
+    "parity_rows": COUNT,
 
     # serve.yaml
     "host": string(),

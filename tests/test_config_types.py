@@ -287,7 +287,7 @@ BAD = {
     ("pretrain", ("model=gpt",)): [("task.mask_prob=0", "task.mask_prob: expected a number in (0, 1]")],
     ("predict", ()): [
         ("top_k=-1", "top_k: expected an integer >= 0 or null, got -1 (int)"),
-        ("format=xml", "format: expected one of jsonl, text or null, got 'xml'"),
+        ("format=xml", "format: expected one of jsonl, text, onnx or null, got 'xml'"),
         ("temperature=-1", "temperature: expected a number >= 0"),
         ("max_new_tokens=0", "max_new_tokens: expected an integer >= 1"),
     ],

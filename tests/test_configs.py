@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from bigmodel_cli.config import conf_dir
 
 CONF = Path(conf_dir())
-PRIMARY = ("pretrain", "finetune", "evaluate", "predict", "serve")
+PRIMARY = ("pretrain", "finetune", "evaluate", "predict", "serve", "export")
 ALL_YAML = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
 GROUP_OPTIONS = sorted(
     (p.parent.relative_to(CONF).as_posix(), p.stem)
@@ -45,7 +45,7 @@ def test_primary_configs_compose(name):
     logging_cfg = OmegaConf.to_container(cfg.hydra.job_logging, resolve=False)
     assert logging_cfg["handlers"]["file"]["filename"].endswith("/${hydra.job.name}.log")
     assert "Configuration groups" in cfg.hydra.help.template
-    assert OmegaConf.is_missing(cfg, "run") if name in ("evaluate", "predict", "serve") else cfg.model
+    assert OmegaConf.is_missing(cfg, "run") if name in ("evaluate", "predict", "serve", "export") else cfg.model
 
 
 # Options that only fit one kind of data, and the model and data each kind is tried with.

@@ -43,7 +43,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     inputs = kinds.module_named(run_data_kind(cfg.run, cfg.ckpt)).read_inputs(cfg, stats)
     first = list(islice(inputs, 1))  # input errors surface before the model loads
     predictor = Predictor.load(cfg.run, cfg.ckpt, cfg.device.name, cfg.device.threads,
-                               cfg.device.precision)
+                               cfg.device.precision, cfg.backend)
     predictor.check(options)
     # Generated text streams as plain text unless format=jsonl asks for records.
     streams = predictor.task.generates_text and (cfg.format or "text") == "text"

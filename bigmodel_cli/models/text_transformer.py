@@ -37,19 +37,23 @@ class TextTransformer(nn.Module):
         init_weights(self.pos_emb)
         self.stack = TransformerStack(n_layers, d_model, n_heads, d_ff, dropout)
 
-    def token_states(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        t = input_ids.shape[1]
+    def token_states(self, input_ids: torch.Tensor, lengths: torch.Tensor,
+                     caches: list[dict] | None = None, offset: int = 0) -> torch.Tensor:
+        """With `caches` (generation, one unpadded row): the positions from `offset` on,
+        attending to the keys/values cached for the positions before."""
+        t = offset + input_ids.shape[1]
         if t > self.max_len:
             raise ValueError(f"a sequence of {t} tokens is longer than the model's max_len "
                              f"{self.max_len}: lower data.max_length or raise model.max_len")
-        positions = torch.arange(t, device=input_ids.device)
+        positions = torch.arange(offset, t, device=input_ids.device)
         x = self.dropout(self.emb_norm(self.tok_emb(input_ids) + self.pos_emb(positions)))
         # An empty text (length 0) still attends to its first position: never a fully masked row.
-        mask = positions[None, :] < lengths.clamp(min=1)[:, None]
+        mask = positions[None, :] - offset < lengths.clamp(min=1)[:, None]
         # A causal mask alone is enough when every row is full (packed blocks): the fused
         # kernel then runs without an explicit mask.
-        full = bool((lengths == t).all())
-        return self.stack(x, None if full else mask, self.causal)
+        full = caches is not None or (not torch.onnx.is_in_onnx_export()
+                                      and bool((lengths == input_ids.shape[1]).all()))
+        return self.stack(x, None if full else mask, self.causal, caches)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         states = self.token_states(input_ids, lengths)

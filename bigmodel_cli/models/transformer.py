@@ -26,10 +26,18 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
+                causal: bool = False, cache: dict | None = None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         attn_mask = None
+        if cache is not None:  # generation: keys/values of earlier positions are reused
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+            if causal and k.shape[2] != t:  # new queries see every cached key and their own past
+                attn_mask = torch.ones(t, k.shape[2], dtype=torch.bool,
+                                       device=x.device).tril(k.shape[2] - t)
+                causal = False
         if mask is not None:  # keys that are padding get no attention
             attn_mask = mask[:, None, None, :]
             if causal:
@@ -53,8 +61,8 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), mask, causal))
+                causal: bool = False, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), mask, causal, cache))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -74,9 +82,10 @@ class TransformerStack(nn.Module):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n_layers))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, mask, causal)
+                causal: bool = False, caches: list[dict] | None = None) -> torch.Tensor:
+        """`caches`: one dict per block, filled with its keys/values (a KV cache)."""
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, causal, None if caches is None else caches[i])
         return self.norm(x)
 
 

@@ -30,15 +30,29 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, generator) -> i
 
 def generate(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int,
              temperature: float, top_k: int, generator, device,
-             on_piece: Callable[[str], None] | None = None) -> str:
+             on_piece: Callable[[str], None] | None = None, use_cache: bool = True) -> str:
     """Sample `max_new_tokens` after the prompt, the context window sliding past the model's
-    max_len. `on_piece` gets the text each new token adds to the decoded continuation."""
+    max_len. `on_piece` gets the text each new token adds to the decoded continuation.
+
+    With `use_cache`, the prompt is computed once (prefill) and each new token then costs one
+    position, attending to the cached keys/values. Positions are learned and absolute, so once
+    the context is longer than max_len every token shifts position: past that point each
+    step re-prefills the last max_len tokens, exactly what the uncached loop computes."""
     window = model.encoder.max_len
     new: list[int] = []
     shown = ""
+    caches, cached = None, 0
     for _ in range(max_new_tokens):
-        context = torch.tensor([(prompt_ids + new)[-window:]], device=device)
-        logits = model(context, torch.tensor([context.shape[1]], device=device))
+        tokens = prompt_ids + new
+        if caches is not None and len(tokens) <= window:
+            step, offset = tokens[cached:], cached
+        else:
+            step, offset = tokens[-window:], 0
+            caches = [{} for _ in model.encoder.stack.blocks] if use_cache else None
+        context = torch.tensor([step], device=device)
+        logits = model(context, torch.tensor([len(step)], device=device), caches=caches,
+                       offset=offset)
+        cached = offset + len(step)
         new.append(sample(logits[0, -1].float(), temperature, top_k, generator))
         if on_piece is not None:
             text = tokenizer.decode(new)

@@ -44,10 +44,12 @@ class LanguageModel(nn.Module):
                         self.lm_head.bias)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, caches: list[dict] | None = None,
+                offset: int = 0) -> torch.Tensor:
         """Logits [B, T, V]; with `positions` (a bool mask [B, T]) only those rows, [N, V]:
-        a masked LM scores 15% of the tokens, so it need not project the rest."""
-        states = self.encoder.token_states(input_ids, lengths)
+        a masked LM scores 15% of the tokens, so it need not project the rest. `caches` and
+        `offset`: KV-cached generation (see TextTransformer.token_states)."""
+        states = self.encoder.token_states(input_ids, lengths, caches, offset)
         if positions is not None:
             states = states[positions]
         return self.logits(states)
