@@ -173,7 +173,9 @@ def test_multirun_one_run_dir_per_job_and_a_summary_that_reports_failures(cli):
     assert "optimizer.lr=0.02" in table.stdout and "failed" in table.stdout
     one = cli("report", str(sweep / "0"), "--json")
     assert json.loads(one.stdout)["status"] == "ok"
-    assert cli("report", str(cli.cwd)).returncode == 2
+    listing = cli("report", str(cli.cwd))  # neither a run nor a sweep: the runs under it
+    assert listing.returncode == 0 and listing.stdout.count("finetune") >= 3
+    assert cli("report", str(cli.cwd / "nowhere")).returncode == 2
 
 
 def test_user_csv_with_string_labels_and_no_validation(cli, tmp_path, shared_data):
