@@ -64,6 +64,16 @@ def _table(shared: Path, tmp: Path) -> tuple[str, ...]:
     return (f"data.files.train={tmp / 'table.csv'}", "data.target=y", "task=regression")
 
 
+def _interactions(shared: Path, tmp: Path) -> tuple[str, ...]:
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"user_id": rng.integers(1, 40, 1500), "item_id": rng.integers(1, 80, 1500),
+                  "rating": rng.integers(1, 6, 1500)}).to_csv(tmp / "ratings.csv", index=False)
+    return (f"data.file={tmp / 'ratings.csv'}", "data.rating_column=rating")
+
+
+MF = ("finetune", "model=mf", "task=rating")
+
+
 CASES = {
     "news": (FASTTEXT, None), "sst2": (FASTTEXT, None), "ag_news": (FASTTEXT, None),
     "csv": (FASTTEXT, _text_csv),
@@ -71,6 +81,7 @@ CASES = {
     "text": (GPT, _one_document),
     "fashion_mnist": (CNN, None), "digits": (CNN, None), "image_folder": (CNN, _image_folder),
     "diabetes": (MLP, None), "tabular": (MLP, _table),
+    "movielens": (MF, None), "interactions": (MF, _interactions),
 }
 IN_MAKE_TEST = {"wikitext2", "tinyshakespeare", "text", "image_folder"}
 
