@@ -11,13 +11,14 @@ between processes.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 
-class BatchSource:
+class BatchSource(ABC):
     def __init__(self, rows: int, batch_size: int, *, shuffle: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
@@ -58,5 +59,6 @@ class BatchSource:
         for index in self.batch_order()[start:]:
             yield self.batch(index[self.rank::self.world_size])
 
+    @abstractmethod
     def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The batch holding these rows (the subclass knows how its rows are stored)."""
