@@ -17,11 +17,13 @@ from sections import (
     images_tables,
     overhead,
     resume,
+    serve,
     startup,
     sweep,
     training,
     transfer,
 )
 
-MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables)
+MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
+           serve)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}
