@@ -436,7 +436,7 @@ def test_real_server_batches_64_concurrent_requests_and_drains_on_sigterm(cli, r
     expected = [json.loads(line) for line in predicted.stdout.splitlines()]
 
     server = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "serve", f"run={run}",
-                               "port=0", "max_wait_ms=300", "device=cpu"], cwd=cli.cwd,
+                               "port=0", "max_wait_ms=1000", "device=cpu"], cwd=cli.cwd,
                               env=cli.env, stderr=subprocess.PIPE, text=True)
     try:
         url = _wait_for_url(server)
@@ -446,10 +446,10 @@ def test_real_server_batches_64_concurrent_requests_and_drains_on_sigterm(cli, r
                 first = await asyncio.gather(*[client.post("/v1/predict", json={"inputs": [t]})
                                                for t in texts])
                 metrics = (await client.get("/metrics")).text
-                # in flight when SIGTERM comes: each waits up to max_wait_ms in the batcher
+                # in flight when SIGTERM comes: the batcher holds them for up to max_wait_ms
                 pending = [asyncio.ensure_future(client.post("/v1/predict", json={"inputs": [t]}))
                            for t in texts[:16]]
-                await asyncio.sleep(0.15)
+                await _until_queued(client, 16)
                 server.send_signal(signal.SIGTERM)
                 return list(first), [metrics, *await asyncio.gather(*pending)]
 
@@ -474,6 +474,22 @@ def test_real_server_batches_64_concurrent_requests_and_drains_on_sigterm(cli, r
     (serve_log,) = (cli.cwd / "outputs" / "serve").glob("*/*/serve.log")
     assert '"POST /v1/predict" 200' in serve_log.read_text(encoding="utf-8")
     assert _tree(run) == tree  # the served run is never written to
+
+
+async def _until_queued(client, inputs: int, timeout: float = 30) -> None:
+    """Until the server's queue holds `inputs` inputs (so they are in flight, not in the
+    connection backlog), polling its queue-depth gauge."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = (await client.get("/metrics")).text
+        depth = next(float(l.split()[-1]) for l in text.splitlines()
+                     if l.startswith("bigmodel_queue_depth "))
+        if depth >= inputs:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server never held {inputs} queued inputs")
 
 
 def _wait_for_url(server: subprocess.Popen, timeout: float = 120) -> str:
