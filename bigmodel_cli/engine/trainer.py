@@ -292,122 +292,148 @@ class Trainer:
     def fit(self, train: Any, validation: Any, resume_state: dict | None = None) -> dict:
         s = self.settings
         steps_per_epoch = math.ceil(len(train) / s.grad_accum_steps)
-        total_steps = s.max_steps or steps_per_epoch * s.epochs
-        self.total_steps = total_steps
-        epochs = math.ceil(total_steps / steps_per_epoch)
-        self.schedulers = [self.scheduler_factory(o, total_steps=total_steps)
+        self.total_steps = s.max_steps or steps_per_epoch * s.epochs
+        epochs = math.ceil(self.total_steps / steps_per_epoch)
+        self.schedulers = [self.scheduler_factory(o, total_steps=self.total_steps)
                            for o in self.optimizers]
         autocast(self.device, s.precision)  # fail early on a bad precision for this device
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16")
         if resume_state is not None:
-            self.load_state_dict(resume_state)
-            if self.batches_done >= len(train):  # saved at the end of an epoch
-                self.batches_done = 0
-            else:
-                self.epoch -= 1  # continue inside the epoch it stopped in
-            log.info("resumed at step %d (epoch %d, %d batches into it)", self.step,
-                     self.epoch + 1, self.batches_done)
-            self._adapt_budget(resume_state.get("total_steps", total_steps), total_steps)
+            self._resume(resume_state, len(train))
         # Clipping covers dense gradients; sparse embedding rows are bounded by their optimizer.
-        clipped = [p for o in self.optimizers if not isinstance(o, torch.optim.SparseAdam)
-                   for g in o.param_groups for p in g["params"]]
-        progress = Progress(choose_mode(s.progress) if self.is_main else "off", total_steps,
+        self._clipped = [p for o in self.optimizers if not isinstance(o, torch.optim.SparseAdam)
+                         for g in o.param_groups for p in g["params"]]
+        progress = Progress(choose_mode(s.progress) if self.is_main else "off", self.total_steps,
                             s.log_every_steps, start=self.step)
         log.info("training: %d epochs, %d optimizer steps, %d samples per epoch, device %s",
-                 epochs, total_steps, train.num_samples, self.device)
+                 epochs, self.total_steps, train.num_samples, self.device)
         self.model.train()
-        first_step = self.step
-        stop = self.step >= total_steps
-        loss_sum, loss_count = 0.0, 0
+        self._first_step = self.step
+        self._loss_sum, self._loss_count = 0.0, 0  # the train loss since the last log line
+        outcome = "stop" if self.step >= self.total_steps else "go on"
         with StopSignals() as signals:
             try:
-                while self.epoch < epochs and not stop:
-                    self.epoch += 1
-                    train.set_epoch(self.epoch)
-                    tick = time.perf_counter()
-                    micro = self.batches_done
-                    step_ok = True
-                    for batch in train.iter_from(self.batches_done):
-                        batch = move(batch, self.device)
-                        with autocast(self.device, s.precision):
-                            outputs = self.task.forward(self.model, batch)
-                            loss = self.task.loss(outputs, batch)
-                        value = float(loss.detach())
-                        step_ok = self._check_loss(value) and step_ok
-                        if step_ok:
-                            self.scaler.scale(loss / s.grad_accum_steps).backward()
-                            loss_sum += value
-                            loss_count += 1
-                        self.samples += int(batch["index"].shape[0])
-                        if "lengths" in batch:
-                            self.tokens += int(batch["lengths"].sum())
-                        micro += 1
-                        if micro % s.grad_accum_steps and micro < len(train):
-                            continue
-                        if step_ok:
-                            if s.grad_clip:
-                                for optimizer in self.optimizers:
-                                    self.scaler.unscale_(optimizer)
-                                nn.utils.clip_grad_norm_(
-                                    [p for p in clipped if p.grad is None or not p.grad.is_sparse],
-                                    s.grad_clip)
-                            for optimizer in self.optimizers:
-                                self.scaler.step(optimizer)
-                            self.scaler.update()
-                        else:
-                            self.skipped_steps += 1
-                            progress.message(f"skipped step {self.step + 1}: non-finite loss")
-                        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
-                            scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                        step_ok = True
-                        self.step += 1
-                        self.batches_done = micro
-                        elapsed = self.train_time + time.perf_counter() - tick
-                        speed = self.samples / max(elapsed, 1e-9)
-                        mean_loss = loss_sum / loss_count if loss_count else float("nan")
-                        progress.update(self.step, self.epoch, epochs, mean_loss, speed)
-                        if self.step % s.log_every_steps == 0 or self.step == total_steps:
-                            if self.distributed:  # the mean loss and throughput of all ranks
-                                from bigmodel_cli.engine.distributed import all_reduce_sum
-
-                                total_loss, count, rate = all_reduce_sum(
-                                    [loss_sum, float(loss_count), speed])
-                                mean_loss, speed = total_loss / max(count, 1.0), rate
-                            self.logger.log_metrics({
-                                "split": "train", "epoch": self.epoch, "step": self.step,
-                                "loss": mean_loss, "lr": self.schedulers[0].get_last_lr()[0],
-                                "samples_per_s": speed})
-                            loss_sum, loss_count = 0.0, 0
-                        if s.eval_every_steps and self.step % s.eval_every_steps == 0:
-                            self.train_time += time.perf_counter() - tick
-                            stop = self._validate(validation, progress)
-                            tick = time.perf_counter()
-                        signum = self._agreed_signal(signals)
-                        if signum:
-                            self.train_time += time.perf_counter() - tick
-                            self._save("last", self.last_val, with_state=True)
-                            raise Interrupted(signum, self.step)
-                        if s.pause_after_steps and self.step - first_step >= s.pause_after_steps:
-                            self.train_time += time.perf_counter() - tick
-                            self._save("last", self.last_val, with_state=True)
-                            return {"paused": True, "steps": self.step}
-                        if stop or self.step >= total_steps:
-                            stop = True
-                            break
-                    self.train_time += time.perf_counter() - tick
-                    self.batches_done = len(train) if not stop or micro >= len(train) else micro
-                    if not s.eval_every_steps or self.step % s.eval_every_steps:
-                        stop = self._validate(validation, progress) or stop
-                    self.batches_done = 0
-                    signum = self._agreed_signal(signals)
-                    if signum:
-                        raise Interrupted(signum, self.step)
+                while self.epoch < epochs and outcome == "go on":
+                    outcome = self._epoch(train, validation, progress, signals, epochs)
             finally:
                 progress.close()
+        if outcome == "paused":
+            return {"paused": True, "steps": self.step}
         return {"paused": False, "train_time_s": self.train_time, "train_samples": self.samples,
                 "samples_per_s": self.samples / max(self.train_time, 1e-9),
                 "tokens_per_s": self.tokens / max(self.train_time, 1e-9), "steps": self.step,
                 "epochs": self.epoch, "best_step": self.best_step, "skipped_steps": self.skipped_steps,
                 "best_validation": self.best_metrics, "last_validation": self.last_val}
+
+    def _resume(self, resume_state: dict, batches_per_epoch: int) -> None:
+        self.load_state_dict(resume_state)
+        if self.batches_done >= batches_per_epoch:  # saved at the end of an epoch
+            self.batches_done = 0
+        else:
+            self.epoch -= 1  # continue inside the epoch it stopped in
+        log.info("resumed at step %d (epoch %d, %d batches into it)", self.step,
+                 self.epoch + 1, self.batches_done)
+        self._adapt_budget(resume_state.get("total_steps", self.total_steps), self.total_steps)
+
+    def _epoch(self, train: Any, validation: Any, progress: Progress, signals: StopSignals,
+               epochs: int) -> str:
+        """One epoch, or the rest of the one a resume stopped in: "go on", "stop" (the budget
+        is spent or early stopping), or "paused" (pause_after_steps). A stop signal saves
+        `last` and raises Interrupted."""
+        s = self.settings
+        self.epoch += 1
+        train.set_epoch(self.epoch)
+        tick = time.perf_counter()  # train_time counts training, not validation
+        micro, step_ok, stop = self.batches_done, True, False
+        for batch in train.iter_from(self.batches_done):
+            step_ok = self._backward(batch, step_ok)
+            micro += 1
+            if micro % s.grad_accum_steps and micro < len(train):
+                continue
+            self._optimizer_step(step_ok, progress)
+            step_ok = True
+            self.batches_done = micro
+            elapsed = self.train_time + time.perf_counter() - tick
+            self._report_step(progress, epochs, self.samples / max(elapsed, 1e-9))
+            if s.eval_every_steps and self.step % s.eval_every_steps == 0:
+                self.train_time += time.perf_counter() - tick
+                stop = self._validate(validation, progress)
+                tick = time.perf_counter()
+            signum = self._agreed_signal(signals)
+            paused = bool(s.pause_after_steps) and \
+                self.step - self._first_step >= s.pause_after_steps
+            if signum or paused:
+                self.train_time += time.perf_counter() - tick
+                self._save("last", self.last_val, with_state=True)
+                if signum:
+                    raise Interrupted(signum, self.step)
+                return "paused"
+            if stop or self.step >= self.total_steps:
+                stop = True
+                break
+        self.train_time += time.perf_counter() - tick
+        self.batches_done = len(train) if not stop or micro >= len(train) else micro
+        if not s.eval_every_steps or self.step % s.eval_every_steps:
+            stop = self._validate(validation, progress) or stop
+        self.batches_done = 0
+        signum = self._agreed_signal(signals)
+        if signum:
+            raise Interrupted(signum, self.step)
+        return "stop" if stop else "go on"
+
+    def _backward(self, batch: dict, step_ok: bool) -> bool:
+        """Forward and backward of one micro-batch; False once a micro-batch of this
+        optimizer step had a non-finite loss (the rest of the step is then skipped)."""
+        s = self.settings
+        batch = move(batch, self.device)
+        with autocast(self.device, s.precision):
+            outputs = self.task.forward(self.model, batch)
+            loss = self.task.loss(outputs, batch)
+        value = float(loss.detach())
+        step_ok = self._check_loss(value) and step_ok
+        if step_ok:
+            self.scaler.scale(loss / s.grad_accum_steps).backward()
+            self._loss_sum += value
+            self._loss_count += 1
+        self.samples += int(batch["index"].shape[0])
+        if "lengths" in batch:
+            self.tokens += int(batch["lengths"].sum())
+        return step_ok
+
+    def _optimizer_step(self, step_ok: bool, progress: Progress) -> None:
+        """Clip and step (or skip a step with a non-finite loss); the schedules move on."""
+        if step_ok:
+            if self.settings.grad_clip:
+                for optimizer in self.optimizers:
+                    self.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(
+                    [p for p in self._clipped if p.grad is None or not p.grad.is_sparse],
+                    self.settings.grad_clip)
+            for optimizer in self.optimizers:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            self.skipped_steps += 1
+            progress.message(f"skipped step {self.step + 1}: non-finite loss")
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def _report_step(self, progress: Progress, epochs: int, speed: float) -> None:
+        """The progress line; every log_every_steps, a train record (all ranks' mean)."""
+        mean_loss = self._loss_sum / self._loss_count if self._loss_count else float("nan")
+        progress.update(self.step, self.epoch, epochs, mean_loss, speed)
+        if self.step % self.settings.log_every_steps and self.step != self.total_steps:
+            return
+        if self.distributed:  # the mean loss and throughput of all ranks
+            from bigmodel_cli.engine.distributed import all_reduce_sum
+
+            total_loss, count, rate = all_reduce_sum(
+                [self._loss_sum, float(self._loss_count), speed])
+            mean_loss, speed = total_loss / max(count, 1.0), rate
+        self.logger.log_metrics({
+            "split": "train", "epoch": self.epoch, "step": self.step, "loss": mean_loss,
+            "lr": self.schedulers[0].get_last_lr()[0], "samples_per_s": speed})
+        self._loss_sum, self._loss_count = 0.0, 0
