@@ -114,6 +114,10 @@ def encode_inputs(trained, images: list, task) -> tuple[dict, list[bool]]:
     return {"index": torch.arange(len(images)), "pixels": torch.stack(pixels)}, [False] * len(images)
 
 
+# request_inputs decodes every image: serve runs it off the event loop.
+DECODES_REQUESTS = True
+
+
 def request_inputs(trained, inputs: list) -> list[bytes]:
     """A request's `inputs` -> encoded image bytes: base64 strings (JSON; a data: URL prefix
     is allowed) or the bytes of uploaded files. Each is decoded once here, so that an image

@@ -16,6 +16,10 @@
   encode_inputs(trained, raws, task) -> (batch, truncated flags)
       Raw inputs (from a file or a request) -> one batch, preprocessed as in training.
 
+For serving, a kind also provides request_inputs(trained, inputs) (a request's JSON inputs ->
+raws, UsageError naming a bad one) and input_schema(trained); DECODES_REQUESTS = True when
+request_inputs does real work (decoding images), so that serve runs it off the event loop.
+
 The commands do the rest the same way for every kind: the engine trains and evaluates on
 dicts of tensors, the task owns loss and metrics.
 """
