@@ -32,7 +32,7 @@ RUNS = {
     "mlp_regression": (["model=mlp", "data=diabetes"], "diabetes"),
 }
 FILES = {"news": {"tokenizer.json"}, "sst2": {"tokenizer.json"}}  # beside the four every folder has
-SLOW = {"hf"}  # MiniLM (22M parameters): training and exporting take about a minute
+SLOW = {"hf", "gpt", "vit"}  # hf: MiniLM, about a minute; gpt, vit: the paths of bert, cnn again
 
 
 def _command(command: str, args: list[str]) -> int:
@@ -357,3 +357,22 @@ def test_kv_cache_greedy_tokens_equal_uncached(new_tokens):
                                    top_k=0, generator=None, device="cpu", use_cache=cached)
     assert len(out[True].split()) == new_tokens
     assert out[True] == out[False]
+
+
+def test_fasttext_exports_its_bag_mean_without_a_loop(runs):
+    """ONNX has no EmbeddingBag: the exported graph is a gather and a masked mean (equal to
+    the bag, an all-padding text included), not a Loop over the texts."""
+    import onnx
+    import torch
+
+    from bigmodel_cli.models.fasttext import FastTextEncoder
+
+    torch.manual_seed(0)
+    encoder = FastTextEncoder(50, padding_idx=0, embedding_dim=8, ngram_buckets=30)
+    ids = torch.randint(1, 50, (3, 7))
+    ids[1, 4:] = 0
+    ids[2] = 0
+    ngrams = encoder.ngram_ids(ids, torch.tensor([7, 4, 0]))
+    torch.testing.assert_close(encoder._bag_mean(ngrams), encoder.embedding(ngrams))
+    graph = onnx.load(str(runs.export("fasttext") / "export" / "onnx" / "model.onnx")).graph
+    assert "Loop" not in {node.op_type for node in graph.node}

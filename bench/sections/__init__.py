@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sections import (
     ddp,
+    export,
     gpt,
     hf,
     images_tables,
@@ -23,5 +24,6 @@ from sections import (
     transfer,
 )
 
-MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables)
+MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
+           export)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}

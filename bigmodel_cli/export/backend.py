@@ -29,6 +29,7 @@ def make_session(model_file: Path, threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fusions too
     if threads:  # device.threads; null: onnxruntime's default
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1

@@ -1,7 +1,7 @@
 """`bigmodel export`: a trained classification or regression run -> an ONNX folder.
 
 Steps: load the run on CPU, trace the model (the TorchScript exporter; torch.export's
-where that one cannot, e.g. EmbeddingBag with padding), check onnxruntime against torch on
+where that one cannot), check onnxruntime against torch on
 the validation rows (an fp32 export that disagrees on more than 0.1% of labels fails),
 optionally quantize (dynamic int8) and score both on the test split, then write the folder.
 Everything is written into a temporary folder beside the target and renamed at the end,
