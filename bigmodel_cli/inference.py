@@ -48,10 +48,12 @@ def run_data_kind(run: str | Path, ckpt: str) -> str:
 
 
 class Predictor:
-    def __init__(self, trained: Any, device: Any, precision: str = "fp32") -> None:
+    def __init__(self, trained: Any, device: Any, precision: str = "fp32",
+                 backend: str = "torch") -> None:
         from bigmodel_cli.data import kinds
 
         self.trained = trained
+        self.backend = backend
         self.task = trained.task
         self.kind = kinds.module_named(trained.meta.get("data_kind", "text"))
         self.device = device
@@ -80,9 +82,12 @@ class Predictor:
             raise UsageError(f"backend={backend}: must be one of {', '.join(BACKENDS)}")
         trained = load_run(str(run), ckpt, device)
         if backend != "torch":
+            from bigmodel_cli.export.onnx_export import check_exportable
+
+            check_exportable(trained, f"backend={backend}")
             folder = export_folder(trained.run_dir, backend)
             trained = replace(trained, model=load_export(folder, trained.ckpt_dir, threads))
-        return cls(trained, device, precision)
+        return cls(trained, device, precision, backend)
 
     @property
     def label_names(self) -> list[str]:

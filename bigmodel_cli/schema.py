@@ -170,7 +170,7 @@ KEYS: dict[str, Spec] = {
     "user": string(null=True, many=True),              # recommendation: user id(s)
     "history": list_of(string(), null=True),           # sequential recommendation: item ids
 
-    "backend": one_of("torch", "onnx", "onnx-int8"),    # predict: the model's runtime
+    "backend": one_of("torch", "onnx", "onnx-int8"),    # predict, serve: the model's runtime
 
     # export.yaml
     "quantize": one_of("none", "int8"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sections import (
     ddp,
+    export,
     gpt,
     hf,
     images_tables,
@@ -25,5 +26,5 @@ from sections import (
 )
 
 MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
-           serve)
+           serve, export)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}

@@ -92,7 +92,7 @@ def _load(cfg: DictConfig, api_key: str | None):
 
     try:
         predictor = Predictor.load(cfg.run, cfg.ckpt, cfg.device.name, cfg.device.threads,
-                                   cfg.device.precision)
+                                   cfg.device.precision, cfg.backend)
     except UsageError:
         raise
     except Exception as exc:  # a corrupt checkpoint: the user's file, not our failure

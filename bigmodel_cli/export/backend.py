@@ -29,6 +29,7 @@ def make_session(model_file: Path, threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fusions too
     if threads:  # device.threads; null: onnxruntime's default
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
@@ -68,10 +69,11 @@ def load_export(folder: Path, ckpt_dir: Path, threads: int | None) -> OnnxModel:
 
     require_onnx()
     manifest_file, model_file = folder / "manifest.json", folder / "model.onnx"
+    what = f"backend={folder.name}"
     hint = f"export it with: bigmodel export run={ckpt_dir.parent.parent}"
     for needed in (manifest_file, model_file):
         if not needed.is_file():
-            raise UsageError(f"backend=onnx: no {needed.name} in {folder} ({hint})")
+            raise UsageError(f"{what}: no {needed.name} in {folder} ({hint})")
     try:
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
         expected = manifest["model_sha256"]
@@ -79,16 +81,16 @@ def load_export(folder: Path, ckpt_dir: Path, threads: int | None) -> OnnxModel:
         outputs = [o["name"] for o in manifest["outputs"]]
         source = manifest["source"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"backend=onnx: unreadable manifest.json in {folder} ({exc}; {hint})") from None
+        raise UsageError(f"{what}: unreadable manifest.json in {folder} ({exc}; {hint})") from None
     if sha256(model_file) != expected:
-        raise UsageError(f"backend=onnx: {model_file} does not match its manifest (corrupt or "
+        raise UsageError(f"{what}: {model_file} does not match its manifest (corrupt or "
                          f"replaced; {hint})")
     weights = ckpt_dir / "model.safetensors"
     if weights.is_file() and sha256(weights) != source:
-        raise UsageError(f"backend=onnx: {folder} was exported from another checkpoint than "
+        raise UsageError(f"{what}: {folder} was exported from another checkpoint than "
                          f"{ckpt_dir} ({hint})")
     try:
         session = make_session(model_file, threads)
     except Exception as exc:
-        raise UsageError(f"backend=onnx: onnxruntime cannot load {model_file} ({exc}; {hint})") from None
+        raise UsageError(f"{what}: onnxruntime cannot load {model_file} ({exc}; {hint})") from None
     return OnnxModel(session, inputs, outputs)

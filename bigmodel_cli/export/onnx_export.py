@@ -1,7 +1,7 @@
 """`bigmodel export`: a trained classification or regression run -> an ONNX folder.
 
 Steps: load the run on CPU, trace the model (the TorchScript exporter; torch.export's
-where that one cannot, e.g. EmbeddingBag with padding), check onnxruntime against torch on
+where that one cannot), check onnxruntime against torch on
 the validation rows (an fp32 export that disagrees on more than 0.1% of labels fails),
 optionally quantize (dynamic int8) and score both on the test split, then write the folder.
 Everything is written into a temporary folder beside the target and renamed at the end,
@@ -42,10 +42,7 @@ def export_run(cfg: DictConfig) -> dict:
     require_onnx()
     device = select_device("cpu", cfg.device.threads)
     trained = load_run(str(cfg.run), cfg.ckpt, device)
-    if trained.task.name not in EXPORTABLE:
-        raise UsageError(f"run={cfg.run}: a {trained.task.name} run cannot be exported (its "
-                         "predictions are a generation loop, not one graph); use "
-                         "`bigmodel predict run=...` (or serve), which decodes with a KV cache")
+    check_exportable(trained, f"run={cfg.run}")
     name = "onnx" if cfg.quantize == "none" else "onnx-int8"
     out = Path(cfg.output).expanduser() if cfg.output else trained.run_dir / "export" / name
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +58,25 @@ def export_run(cfg: DictConfig) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     _print(manifest, out)
     return {"output": str(out), "parity": manifest["parity"], "int8": manifest.get("int8")}
+
+
+# Why a task is not exported, and what to use instead.
+NOT_EXPORTABLE = {
+    "clm": "its predictions are a generation loop (one forward per new token), not one graph; "
+           "generate with `bigmodel predict run=...` or `bigmodel serve run=...` (backend=torch), "
+           "which decode with a KV cache",
+    "mlm": "fill-mask is a pretraining task, not a deployable model; use `bigmodel predict "
+           "run=...` (backend=torch), or finetune the run for classification and export that",
+}
+
+
+def check_exportable(trained, what: str) -> None:
+    """UsageError (exit 2) for a run whose task has no ONNX export, saying why."""
+    name = trained.task.name
+    if name not in EXPORTABLE:
+        reason = NOT_EXPORTABLE.get(name, "its predictions rank every item, not one graph; use "
+                                          "`bigmodel predict run=...` (backend=torch)")
+        raise UsageError(f"{what}: a {name} run cannot be exported to ONNX ({reason})")
 
 
 def _build(cfg: DictConfig, trained, folder: Path) -> dict:

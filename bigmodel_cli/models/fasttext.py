@@ -67,4 +67,15 @@ class FastTextEncoder(nn.Module):
         return torch.cat(parts, dim=1)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.embedding(self.ngram_ids(input_ids, lengths))
+        ids = self.ngram_ids(input_ids, lengths)
+        if torch.onnx.is_in_onnx_export():
+            return self._bag_mean(ids)
+        return self.embedding(ids)
+
+    def _bag_mean(self, ids: torch.Tensor) -> torch.Tensor:
+        """EmbeddingBag's mean as a gather and a masked mean: ONNX has no EmbeddingBag, and
+        the exporters write it as a Loop over the texts, an order of magnitude slower in
+        onnxruntime. The padding row is zero (never trained), so only the count needs the mask."""
+        vectors = nn.functional.embedding(ids, self.embedding.weight)
+        counts = (ids != self.padding_idx).sum(1, keepdim=True).clamp(min=1)
+        return vectors.sum(1) / counts.to(vectors.dtype)

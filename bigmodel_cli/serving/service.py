@@ -98,6 +98,7 @@ class Service:
         return {"run": str(trained.run_dir), "checkpoint": str(trained.ckpt_dir),
                 "step": trained.meta.get("step"), "task": self.task_name,
                 "data_kind": self.kind_name, "endpoint": endpoint,
+                "backend": self.predictor.backend,
                 "model": config["model"], "data": config["data"],
                 "labels": trained.label_names, "input_schema": self.input_schema,
                 "metrics": summary, "limits": vars(self.limits),
