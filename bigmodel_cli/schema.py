@@ -243,6 +243,7 @@ KEYS: dict[str, Spec] = {
     "task.label_smoothing": DROPOUT,
     "task.monitor": string(),
     "task.monitor_mode": one_of("max", "min"),
+    "task.exclude_seen": BOOL,                         # next_item: seen items out of the train softmax
     "task.top_k": COUNT,                               # recommendation: K of HR@K, items listed
     "task.causal": BOOL,
     "task.mask_prob": number(gt=0, le=1),              # 0 would leave nothing to predict
@@ -267,6 +268,8 @@ KEYS: dict[str, Spec] = {
     "model.d_model": COUNT,
     "model.dim": COUNT,                                # mf: embedding size
     "model.init_std": POSITIVE,
+    "model.sgd_lr": POSITIVE,                          # the model's optimizer.lr with optimizer=sgd
+    "model.batch_size": COUNT,                         # the model's suggested trainer.batch_size
     "model.reg": NON_NEGATIVE,                         # mf: L2 penalty on the rows a batch uses
     "model.weight_decay": NON_NEGATIVE,                # the model's suggested AdamW weight decay
     "model.epochs": COUNT,                             # the model's suggested trainer.epochs

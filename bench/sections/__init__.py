@@ -16,6 +16,7 @@ from sections import (
     hf,
     images_tables,
     overhead,
+    recsys,
     resume,
     startup,
     sweep,
@@ -23,5 +24,6 @@ from sections import (
     transfer,
 )
 
-MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables)
+MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
+           recsys)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}
