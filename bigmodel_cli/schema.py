@@ -243,7 +243,6 @@ KEYS: dict[str, Spec] = {
     "task.label_smoothing": DROPOUT,
     "task.monitor": string(),
     "task.monitor_mode": one_of("max", "min"),
-    "task.exclude_seen": BOOL,                         # next_item: seen items out of the train softmax
     "task.top_k": COUNT,                               # recommendation: K of HR@K, items listed
     "task.causal": BOOL,
     "task.mask_prob": number(gt=0, le=1),              # 0 would leave nothing to predict

@@ -97,19 +97,6 @@ def test_ranking_metrics_on_hand_made_ranks():
     assert rank_of_targets(scores.clone(), torch.tensor([3]), torch.tensor([[0, 0]])).item() == 3
 
 
-def test_training_softmax_leaves_out_the_items_already_seen():
-    import torch
-
-    from bigmodel_cli.tasks.next_item import mask_seen
-
-    history = torch.tensor([[3, 1, 2, 0]])   # position t sees history[:t+1] and predicts targets[t]
-    targets = torch.tensor([[1, 2, 3, 0]])
-    masked = torch.isinf(mask_seen(torch.zeros(1, 4, 5), history, targets))[0]
-    assert masked[0].tolist() == [False, False, False, True, False]
-    assert masked[1].tolist() == [False, True, False, True, False]
-    assert masked[2].tolist() == [False, True, True, False, False]   # a seen target stays a candidate
-
-
 def test_mf_trains_with_sgd_unless_the_command_line_names_an_optimizer():
     from hydra import compose, initialize_config_dir
 

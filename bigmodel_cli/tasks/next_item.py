@@ -34,17 +34,6 @@ def ranking_metrics(ranks: np.ndarray, k: int) -> dict[str, float]:
             "mrr": float((1.0 / ranks).mean())}
 
 
-def mask_seen(logits: torch.Tensor, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Training's softmax over the same candidates as evaluation's ranking: at position t the
-    items of history[:, :t+1] (already interacted with) score -inf, except the target itself.
-    logits [B, T, V+1], history and targets [B, T]."""
-    b, t = history.shape
-    before = torch.ones(t, t, device=logits.device).tril().expand(b, t, t)
-    seen = torch.zeros_like(logits).scatter_add_(2, history[:, None, :].expand(b, t, t), before) > 0
-    seen.scatter_(2, targets[..., None], False)
-    return logits.masked_fill(seen, float("-inf"))
-
-
 class NextItemModel(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -89,9 +78,8 @@ class NextItemTask:
     default_top_k = 10
 
     def __init__(self, top_k: int = 10, monitor: str | None = None,
-                 monitor_mode: str = "max", exclude_seen: bool = True) -> None:
+                 monitor_mode: str = "max") -> None:
         self.top_k = top_k
-        self.exclude_seen = exclude_seen
         self.monitor = monitor or f"ndcg@{top_k}"
         self.summary_metrics = (f"hr@{top_k}", f"ndcg@{top_k}", "mrr", "loss")
 
@@ -108,10 +96,8 @@ class NextItemTask:
                 "ranks": rank_of_targets(scores.clone(), batch["target"], batch["seen"])}
 
     def loss(self, outputs: dict, batch: dict) -> torch.Tensor:
-        logits = outputs["logits"].float()
-        if self.exclude_seen:
-            logits = mask_seen(logits, batch["history"], batch["targets"])
-        return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=0)
+        return F.cross_entropy(outputs["logits"].float().flatten(0, 1), batch["targets"].flatten(),
+                               ignore_index=0)
 
     def eval_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
         return F.cross_entropy(outputs["scores"], batch["target"])
