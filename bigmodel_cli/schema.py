@@ -267,6 +267,8 @@ KEYS: dict[str, Spec] = {
     "model.d_model": COUNT,
     "model.dim": COUNT,                                # mf: embedding size
     "model.init_std": POSITIVE,
+    "model.sgd_lr": POSITIVE,                          # the model's optimizer.lr with optimizer=sgd
+    "model.batch_size": COUNT,                         # the model's suggested trainer.batch_size
     "model.reg": NON_NEGATIVE,                         # mf: L2 penalty on the rows a batch uses
     "model.weight_decay": NON_NEGATIVE,                # the model's suggested AdamW weight decay
     "model.epochs": COUNT,                             # the model's suggested trainer.epochs

@@ -97,6 +97,19 @@ def test_ranking_metrics_on_hand_made_ranks():
     assert rank_of_targets(scores.clone(), torch.tensor([3]), torch.tensor([[0, 0]])).item() == 3
 
 
+def test_mf_trains_with_sgd_unless_the_command_line_names_an_optimizer():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        mf = compose("finetune", ["model=mf", "data=movielens", "task=rating"])
+        adam = compose("finetune", ["model=mf", "data=movielens", "task=rating", "optimizer=adam"])
+        lstm = compose("finetune", ["model=lstm"])
+    assert mf.optimizer._target_ == "torch.optim.SGD" and mf.optimizer.lr == mf.model.sgd_lr
+    assert mf.trainer.batch_size == mf.model.batch_size
+    assert adam.optimizer._target_ == "torch.optim.Adam" and adam.optimizer.lr == adam.model.lr
+    assert lstm.optimizer._target_ == "torch.optim.AdamW" and lstm.trainer.batch_size == 128
+
+
 # -- end to end -----------------------------------------------------------------------------
 def test_rating_run_evaluate_predict(env, capsys):
     assert _run("finetune", "model=mf", "data=movielens", "task=rating", "trainer=debug",

@@ -17,6 +17,7 @@ from sections import (
     hf,
     images_tables,
     overhead,
+    recsys,
     resume,
     serve,
     startup,
@@ -26,5 +27,5 @@ from sections import (
 )
 
 MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
-           serve, export)
+           recsys, serve, export)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}
