@@ -339,6 +339,7 @@ KEYS: dict[str, Spec] = {
     "data.features": list_of(string(), null=True),     # null: every column but the target
     "data.categorical": list_of(string(), null=True),
     "data.epochs": COUNT,
+    "data.batch_size": COUNT,                          # the default trainer.batch_size for this dataset
     "data.channels": one_of(1, 3),
     "data.image_size": integer(ge=1, null=True),
     "data.augment.crop_padding": integer(ge=0),

@@ -11,6 +11,7 @@ A section module has:
 from __future__ import annotations
 
 from sections import (
+    audio,
     ddp,
     gpt,
     hf,
@@ -23,5 +24,5 @@ from sections import (
     transfer,
 )
 
-MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables)
+MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables, audio)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}

@@ -124,18 +124,22 @@ def _masks(x: torch.Tensor, count: int, width: int, dim: int,
 
 
 @torch.no_grad()
-def log_mel_stats(features: AudioFeatures, waves: list) -> tuple[list[float], list[float]]:
+def log_mel_stats(features: AudioFeatures, waves: list, batch: int = 256) -> tuple[list[float], list[float]]:
     """Per mel band mean and standard deviation of the log mel energies of `waves` (train),
-    over every frame of every clip."""
+    over every frame of every clip (batched; the frames of the padding are left out)."""
     total = torch.zeros(features.n_mels, dtype=torch.float64)
     squares = torch.zeros_like(total)
     count = 0
     features = features.eval()
-    for wave in waves:  # one clip at a time: no padding frames in the statistics
-        x = features.log_mel(torch.as_tensor(wave)[None])[0].double()
-        total += x.sum(1)
-        squares += x.square().sum(1)
-        count += x.shape[1]
+    for i in range(0, len(waves), batch):
+        chunk = [torch.as_tensor(w) for w in waves[i:i + batch]]
+        audio = nn.utils.rnn.pad_sequence(chunk, batch_first=True)
+        x = features.log_mel(audio).double()                       # [B, M, F]
+        frames = features.frames(torch.tensor([len(w) for w in chunk]))
+        valid = (torch.arange(x.shape[-1])[None] < frames[:, None])[:, None, :]
+        total += (x * valid).sum((0, 2))
+        squares += (x.square() * valid).sum((0, 2))
+        count += int(frames.sum())
     mean = total / max(count, 1)
     std = (squares / max(count, 1) - mean.square()).clamp(min=1e-8).sqrt()
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]

@@ -24,9 +24,9 @@ class SpeechCTCEncoder(nn.Module):
     inputs = ("audio", "audio_lengths")
     frame_outputs = True    # [B, T, D] per frame and frame lengths, not one vector per input
 
-    def __init__(self, features: dict, clip_samples: int | None = None, channels: int = 32,
+    def __init__(self, features: dict, clip_samples: int | None = None, channels: int = 16,
                  conv_layers: int = 2, time_stride: int = 2, encoder: str = "lstm",
-                 hidden_size: int = 192, num_layers: int = 3, n_heads: int = 4,
+                 hidden_size: int = 128, num_layers: int = 2, n_heads: int = 4,
                  d_ff: int = 512, max_frames: int = 2048, dropout: float = 0.1) -> None:
         super().__init__()
         halvings = int(math.log2(time_stride))
