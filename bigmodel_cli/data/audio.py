@@ -131,7 +131,7 @@ def _read_manifest(path: Path, data_cfg: DictConfig, target_column: str) -> Audi
 
 
 def _manifest(data_cfg: DictConfig, target_column: str):
-    from bigmodel_cli.data.sources import candidate_dirs
+    from bigmodel_cli.data.files import split_files
 
     if data_cfg.path and Path(data_cfg.path).expanduser().is_file():  # one manifest: train
         path = Path(data_cfg.path).expanduser()
@@ -139,14 +139,9 @@ def _manifest(data_cfg: DictConfig, target_column: str):
                 f"{path} (data.path)", path.parent)
     if data_cfg.path and not Path(data_cfg.path).expanduser().exists():
         raise UsageError(f"data.path={data_cfg.path}: no such file or directory")
-    looked = []
-    for how, folder in candidate_dirs(data_cfg):
-        files = {s: folder / f for s, f in data_cfg.files.items() if f}
-        present = {s: p for s, p in files.items() if p.is_file()}
-        if "train" not in present:
-            looked.append(f"{how}: {folder} -- " + ("no " + ", ".join(p.name for p in files.values())
-                                                    + " there" if folder.is_dir() else "does not exist"))
-            continue
+    found = split_files(data_cfg)
+    if not isinstance(found, list):
+        how, folder, present = found
         rows = {s: _read_manifest(p, data_cfg, target_column) for s, p in present.items()}
         names = None
         labels_file = folder / data_cfg.labels_file if data_cfg.labels_file else None
@@ -154,7 +149,7 @@ def _manifest(data_cfg: DictConfig, target_column: str):
             names = [n.strip() for n in labels_file.read_text(encoding="utf-8").splitlines()
                      if n.strip()]
         return rows, names, f"{folder} ({how})", folder
-    raise UsageError(f"dataset {data_cfg.name!r} not found. Looked in:\n    " + "\n    ".join(looked)
+    raise UsageError(f"dataset {data_cfg.name!r} not found. Looked in:\n    " + "\n    ".join(found)
                      + f"\n  To provide it: put {', '.join(f for f in data_cfg.files.values() if f)}"
                      f" (columns {data_cfg.path_column},{target_column}) in "
                      f"$BIGMODEL_DATA_DIR/{data_cfg.name}/ or ./data/{data_cfg.name}/, or point "

@@ -13,7 +13,6 @@ utterances keep their length and are batched with similar lengths (less padding)
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,24 +199,19 @@ def eval_batches(trained, data_cfg: DictConfig, split: str | None, batch_size: i
 
 def load_assets(run_dir: Path, meta: dict) -> dict:
     """The run's preprocessing.json: sample rate, clip length, features, groups."""
-    path = Path(run_dir) / PREPROCESSING
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"run={run_dir}: incomplete run directory, {PREPROCESSING} is missing "
-                         f"or unreadable ({exc})") from None
+    from bigmodel_cli.data.image_kind import read_preprocessing
+
+    return read_preprocessing(run_dir)
 
 
 def read_inputs(cfg: DictConfig, stats: dict) -> Iterator[tuple[dict, Path]]:
     """({"index", "path"}, path) for `input=` an audio file, a folder of them, or a
     .csv/.tsv/.txt list of audio paths."""
     from bigmodel_cli.data.audio import audio_inputs
+    from bigmodel_cli.data.files import path_inputs
 
-    if cfg.text is not None or cfg.prompt is not None or cfg.input is None or cfg.input == "-":
-        raise UsageError("this run reads audio: give input=FILE.wav, input=FOLDER or "
-                         "input=LIST.csv (a column of audio paths, path_column=)")
-    for index, path in enumerate(audio_inputs(str(cfg.input), cfg.path_column)):
-        yield {"index": index, "path": str(path)}, path
+    return path_inputs(cfg, audio_inputs, "this run reads audio: give input=FILE.wav, "
+                       "input=FOLDER or input=LIST.csv (a column of audio paths, path_column=)")
 
 
 def encode_inputs(trained, inputs: list, task) -> tuple[dict, list[bool]]:

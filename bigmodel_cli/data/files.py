@@ -115,3 +115,29 @@ def request_bytes(inputs: list, what: str) -> list[bytes]:
                              f"{type(item).__name__}")
         out.append(item)
     return out
+
+
+def split_files(data_cfg) -> tuple[str, Path, dict[str, Path]] | list[str]:
+    """The first place a named dataset's split files (data.files: split -> file name) are
+    found with a train file: (how it was chosen, the folder, {split: file}); else the list
+    of places looked at, for the error message."""
+    from bigmodel_cli.data.sources import candidate_dirs
+
+    looked = []
+    for how, folder in candidate_dirs(data_cfg):
+        files = {s: folder / f for s, f in data_cfg.files.items() if f}
+        present = {s: p for s, p in files.items() if p.is_file()}
+        if "train" in present:
+            return how, folder, present
+        looked.append(f"{how}: {folder} -- " + ("no " + ", ".join(p.name for p in files.values())
+                                                + " there" if folder.is_dir() else "does not exist"))
+    return looked
+
+
+def path_inputs(cfg, listed, refusal: str) -> Iterator[tuple[dict, Path]]:
+    """({"index", "path"}, path) for each file `listed(input, path_column)` names; a run
+    that reads files refuses text=, prompt= and stdin with `refusal`."""
+    if cfg.text is not None or cfg.prompt is not None or cfg.input is None or cfg.input == "-":
+        raise UsageError(refusal)
+    for index, path in enumerate(listed(str(cfg.input), cfg.path_column)):
+        yield {"index": index, "path": str(path)}, path

@@ -91,13 +91,11 @@ def load_assets(run_dir: Path, meta: dict) -> dict:
 def read_inputs(cfg: DictConfig, stats: dict) -> Iterator[tuple[dict, Path]]:
     """({"index", "path"}, path) for `input=` an image, a folder of images, or a
     .csv/.tsv/.txt list of image paths."""
+    from bigmodel_cli.data.files import path_inputs
     from bigmodel_cli.data.images import image_inputs
 
-    if cfg.text is not None or cfg.prompt is not None or cfg.input is None or cfg.input == "-":
-        raise UsageError("this run classifies images: give input=IMAGE, input=FOLDER or "
-                         "input=LIST.csv (a column of image paths, path_column=)")
-    for index, path in enumerate(image_inputs(str(cfg.input), cfg.path_column)):
-        yield {"index": index, "path": str(path)}, path
+    return path_inputs(cfg, image_inputs, "this run classifies images: give input=IMAGE, "
+                       "input=FOLDER or input=LIST.csv (a column of image paths, path_column=)")
 
 
 def encode_inputs(trained, images: list, task) -> tuple[dict, list[bool]]:

@@ -130,16 +130,11 @@ def pixel_stats(pixels: torch.Tensor) -> tuple[list[float], list[float]]:
 def _parquet(data_cfg: DictConfig) -> tuple[dict[str, RawSplit], list[str] | None, str, Path, list[Path]]:
     import pyarrow.parquet as pq
 
-    from bigmodel_cli.data.sources import candidate_dirs
+    from bigmodel_cli.data.files import split_files
 
-    looked = []
-    for how, folder in candidate_dirs(data_cfg):
-        files = {s: folder / f for s, f in data_cfg.files.items() if f}
-        present = {s: p for s, p in files.items() if p.is_file()}
-        if "train" not in present:
-            looked.append(f"{how}: {folder} -- " + ("no " + ", ".join(p.name for p in files.values())
-                                                    + " there" if folder.is_dir() else "does not exist"))
-            continue
+    found = split_files(data_cfg)
+    if not isinstance(found, list):
+        how, folder, present = found
         raw = {}
         for split, path in present.items():
             try:
@@ -164,7 +159,7 @@ def _parquet(data_cfg: DictConfig) -> tuple[dict[str, RawSplit], list[str] | Non
             names = [n.strip() for n in labels_file.read_text(encoding="utf-8").splitlines() if n.strip()]
         read = [*present.values(), *([labels_file] if names else [])]
         return raw, names, f"{folder} ({how})", folder, read
-    raise UsageError(f"dataset {data_cfg.name!r} not found. Looked in:\n    " + "\n    ".join(looked)
+    raise UsageError(f"dataset {data_cfg.name!r} not found. Looked in:\n    " + "\n    ".join(found)
                      + f"\n  To provide it: put {', '.join(f for f in data_cfg.files.values() if f)}"
                      f" (columns {data_cfg.image_column},{data_cfg.label_column}) in "
                      f"$BIGMODEL_DATA_DIR/{data_cfg.name}/ or ./data/{data_cfg.name}/, or point "
