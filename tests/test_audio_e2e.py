@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import evaluate_matches as _evaluate_matches
 from conftest import read_json, run_dir_of
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "yes",
@@ -18,14 +19,6 @@ SLICE = ("trainer=debug", "trainer.epochs=1", "trainer.max_train_samples=160",
 TINY_CNN = ("model=cnn", "model.widths=[8,16]", *SLICE)
 TINY_CTC = ("model=speech_ctc", "model.hidden_size=32", "model.num_layers=1",
             "model.channels=8", *SLICE)
-
-
-def _evaluate_matches(cli, run: Path, keys: tuple[str, ...]) -> Path:
-    eval_dir = run_dir_of(cli("evaluate", f"run={run}"), cli.cwd)
-    got, trained = read_json(eval_dir / "metrics.json")["metrics"], read_json(run / "metrics.json")["test"]
-    for key in keys:
-        assert got[key] == pytest.approx(trained[key], rel=1e-5, abs=1e-9), key
-    return eval_dir
 
 
 @pytest.fixture(scope="session")
