@@ -116,3 +116,22 @@ def test_export_refuses_audio_runs(cli, words_cnn_run):
     result = cli("export", f"run={words_cnn_run}")
     assert result.returncode == 2 and "audio runs cannot be exported" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_audio_run_base64_json(words_cnn_run, shared_data):
+    import base64
+
+    from test_serve import assert_records_close, direct, make_client
+
+    client, service = make_client(words_cnn_run)
+    clip = (shared_data / "spoken_words" / "audio" / "test" / "yes" / "flite-awb_0.flac").read_bytes()
+    with client:
+        response = client.post("/v1/predict", json={"inputs": [base64.b64encode(clip).decode()]})
+        assert response.status_code == 200, response.text
+        assert_records_close(response.json()["records"], direct(service, [clip]))
+        schema = client.get("/v1/metadata").json()["input_schema"]
+        assert schema["kind"] == "audio" and schema["sample_rate"] == 16000
+        assert client.post("/v1/predict", json={"inputs": schema["example"]}).status_code == 200
+        bad = client.post("/v1/predict", json={"inputs": [base64.b64encode(b"RIFF junk").decode()]})
+        assert bad.status_code == 422
+        assert "inputs[0]: not an audio file" in bad.json()["error"]["message"]

@@ -9,8 +9,8 @@ With `features` (data.kind=audio) it takes waveforms instead: its first module c
 normalised log-mel spectrograms (bigmodel_cli.data.audio_features), which the convolutions
 see as images one pixel high with one channel per mel band, [B, mel bands, 1, frames]: the
 3x3 convolutions then slide over time only (a temporal-convolution ResNet). On
-spoken_words this learned far faster than a one-channel [1, bands, frames] image (validation
-accuracy 0.99 after 6 epochs, against 0.22 after 2 epochs, at 1/10 of the time per epoch).
+spoken_words an epoch took about a tenth of the time of a one-channel [1, bands, frames]
+image, and validation accuracy was 0.71 after 2 epochs against 0.22.
 """
 
 from __future__ import annotations
