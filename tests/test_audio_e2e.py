@@ -78,6 +78,7 @@ def test_ctc_on_spoken_numbers_evaluate_predict(cli, shared_data):
     assert set(record["text"]) <= set(labels[1:])
 
 
+@pytest.mark.slow
 def test_transfer_words_to_numbers_loads_the_encoder(cli, words_ctc_run):
     """A CTC run on spoken_words (one-word transcripts) starts a spoken_numbers run: the
     front end and encoder load, the head (another alphabet) is new."""
