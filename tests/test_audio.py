@@ -153,3 +153,27 @@ def test_bad_audio_input_exit_2(cli, tmp_path):
     assert result.returncode == 2 and "task=ctc needs an encoder with per-frame outputs" in result.stderr
     for r in (result,):
         assert "Traceback" not in r.stderr
+
+
+def test_bilstm_is_exact_per_utterance_and_matches_a_packed_lstm():
+    from bigmodel_cli.models.speech_ctc import BiLSTM
+
+    torch.manual_seed(0)
+    model = BiLSTM(8, 6, 2, 0.0).eval()
+    x, lengths = torch.randn(3, 10, 8), torch.tensor([10, 7, 4])
+    with torch.no_grad():
+        batched = model(x, lengths)
+        for b, n in enumerate(lengths.tolist()):          # padding never reaches a real frame
+            alone = model(x[b:b + 1, :n], torch.tensor([n]))[0]
+            torch.testing.assert_close(batched[b, :n], alone, atol=1e-6, rtol=1e-5)
+        one = BiLSTM(8, 6, 1, 0.0).eval()
+        packed = torch.nn.LSTM(8, 6, 1, batch_first=True, bidirectional=True)
+        for name, param in packed.named_parameters():
+            own = one.backward_layers[0] if name.endswith("_reverse") else one.forward_layers[0]
+            param.copy_(getattr(own, name.removesuffix("_reverse")))
+        seq = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                      enforce_sorted=False)
+        want, _ = torch.nn.utils.rnn.pad_packed_sequence(packed(seq)[0], batch_first=True)
+        got = one(x, lengths)
+        for b, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(got[b, :n], want[b, :n], atol=1e-6, rtol=1e-5)
