@@ -7,7 +7,7 @@ TORCH_CONSTRAINT ?= constraints/torch-cpu.txt
 # installs from pyproject.toml's open ranges instead (another Python or platform).
 LOCK ?= constraints/lock.txt
 # The extras `make install` installs and the lock covers.
-EXTRAS = dev,sweep,hf,track,serve,export
+EXTRAS = dev,sweep,hf,track,serve,export,audio
 CONSTRAINT_ARGS = $(if $(TORCH_CONSTRAINT),-c $(TORCH_CONSTRAINT),) $(if $(LOCK),-c $(LOCK),)
 # `make lock` resolves torch from pip's own wheel folder where one is set (PIP_FIND_LINKS), so
 # that the lock holds the dependencies of the CPU wheel that `make install` takes.

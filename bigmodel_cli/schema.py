@@ -282,12 +282,19 @@ KEYS: dict[str, Spec] = {
     "model.blocks_per_stage": COUNT,
     "model.hidden_sizes": list_of(COUNT),
     "model.patch_size": COUNT,
+    "model.patch_mels": COUNT,                         # audio_transformer: patch height (mel bands)
+    "model.patch_frames": COUNT,                       # audio_transformer: patch width (frames)
+    "model.channels": COUNT,                           # speech_ctc: front-end channels
+    "model.conv_layers": COUNT,
+    "model.time_stride": one_of(1, 2, 4, 8),
+    "model.encoder": one_of("lstm", "transformer"),
+    "model.max_frames": COUNT,
 
     # data/: every option's keys (text, image and tabular datasets)
-    "data.kind": one_of("text", "image", "tabular", "interactions"),
+    "data.kind": one_of("text", "image", "audio", "tabular", "interactions"),
     "data.name": string(),
     "data.loader": one_of("parquet", "sklearn_digits", "folder", "files", "sklearn_diabetes",
-                          "movielens", "file"),
+                          "movielens", "file", "manifest"),
     "data.path": string(null=True),
     "data.files.*": string(null=True),                 # split -> file name
     "data.labels_file": string(null=True),
@@ -334,11 +341,28 @@ KEYS: dict[str, Spec] = {
     "data.features": list_of(string(), null=True),     # null: every column but the target
     "data.categorical": list_of(string(), null=True),
     "data.epochs": COUNT,
+    "data.batch_size": COUNT,                          # the default trainer.batch_size for this dataset
     "data.channels": one_of(1, 3),
     "data.image_size": integer(ge=1, null=True),
     "data.augment.crop_padding": integer(ge=0),
     "data.augment.hflip": BOOL,
     "data.augment.erasing": PROBABILITY,
+    # data.kind=audio
+    "data.path_column": string(),
+    "data.transcript_column": string(null=True),
+    "data.group_column": string(null=True),
+    "data.sample_rate": integer(ge=1000),
+    "data.clip_seconds": number(gt=0),
+    "data.spectrogram.n_mels": integer(ge=2),
+    "data.spectrogram.win_ms": POSITIVE,
+    "data.spectrogram.hop_ms": POSITIVE,
+    "data.spectrogram.f_min": NON_NEGATIVE,
+    "data.spectrogram.f_max": number(gt=0, null=True),    # null: half the sample rate
+    "data.augment.time_shift_ms": NON_NEGATIVE,
+    "data.augment.time_masks": integer(ge=0),
+    "data.augment.time_mask_frames": integer(ge=0),
+    "data.augment.freq_masks": integer(ge=0),
+    "data.augment.freq_mask_bins": integer(ge=0),
 }
 
 

@@ -240,3 +240,13 @@ def news_lstm_run(session_cli) -> Path:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def evaluate_matches(cli, run: Path, keys: tuple[str, ...]) -> Path:
+    """evaluate on `run` reproduces the test metrics `keys` of its metrics.json; returns
+    the evaluate run directory."""
+    eval_dir = run_dir_of(cli("evaluate", f"run={run}"), cli.cwd)
+    got, trained = read_json(eval_dir / "metrics.json")["metrics"], read_json(run / "metrics.json")["test"]
+    for key in keys:
+        assert got[key] == pytest.approx(trained[key], rel=1e-5, abs=1e-9), key
+    return eval_dir

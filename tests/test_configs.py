@@ -52,17 +52,24 @@ def test_primary_configs_compose(name):
 KIND_OF = {("model", "cnn"): "image", ("model", "vit"): "image", ("model", "mlp"): "tabular",
            ("task", "regression"): "tabular", ("model", "mf"): "interactions",
            ("task", "rating"): "interactions", ("model", "sasrec"): "interactions",
-           ("task", "next_item"): "interactions"}
+           ("task", "next_item"): "interactions", ("model", "speech_ctc"): "audio",
+           ("model", "audio_transformer"): "audio", ("task", "ctc"): "audio"}
 KIND_DEFAULTS = {"image": {"model": "cnn", "data": "digits"},
                  "tabular": {"model": "mlp", "data": "diabetes"},
-                 "interactions": {"model": "mf", "task": "rating", "data": "movielens"}}
+                 "interactions": {"model": "mf", "task": "rating", "data": "movielens"},
+                 "audio": {"model": "speech_ctc", "task": "ctc", "data": "spoken_words"}}
+# The audio transformer classifies clips (no per-frame outputs for ctc).
+CLIP_CLASSIFIERS = {("model", "audio_transformer")}
 # Sequential recommendation options go with each other (and the rest with model=mf).
 SEQUENTIAL = {("model", "sasrec"), ("task", "next_item")}
 MODEL_ARGS = {"text": {"vocab_size": 50, "padding_idx": 0},
               "image": {"in_channels": 1, "image_size": 8, "mean": [0.5], "std": [0.25],
                         "augment": {"crop_padding": 1, "hflip": True, "erasing": 0.5}},
               "tabular": {"num_features": 4},
-              "interactions": {"num_users": 4, "num_items": 5}}
+              "interactions": {"num_users": 4, "num_items": 5},
+              "audio": {"features": {"sample_rate": 16000, "n_mels": 8, "mean": [0.0] * 8,
+                                     "std": [1.0] * 8, "time_masks": 1, "time_mask_frames": 2},
+                        "clip_samples": 4000}}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
@@ -80,6 +87,8 @@ def test_group_option_composes_and_instantiates(group, option):
     defaults = dict(KIND_DEFAULTS.get(kind, {}))
     if (group, option) in SEQUENTIAL:
         defaults.update(model="sasrec", task="next_item")
+    if kind == "audio" and (group, option) in CLIP_CLASSIFIERS:
+        defaults.update(model="audio_transformer", task="classification")
     extra += [f"{g}={o}" for g, o in defaults.items() if g != group]
     cfg = _compose(command, [*extra, f"{group}={option}"])
     node = OmegaConf.select(cfg, group.replace("/", "."))
@@ -100,6 +109,9 @@ def test_group_option_composes_and_instantiates(group, option):
         batch.update(users=torch.tensor([1, 4]), items=torch.tensor([2, 0]),
                      ratings=torch.tensor([4.0, 2.0]), history=torch.randint(1, 6, (2, 6)),
                      targets=torch.randint(0, 6, (2, 6)))
+    if kind == "audio":          # waveforms; ctc: character targets (1, 2; 0 is the blank)
+        batch.update(audio=torch.randn(2, 4000) * 0.1, audio_lengths=torch.tensor([4000, 3000]),
+                     targets=torch.randint(1, 3, (2, 3)), target_lengths=torch.tensor([3, 2]))
     outputs = task.forward(full, batch)
     if task.name == "classification":
         assert outputs.shape == (2, 3)
@@ -110,7 +122,9 @@ def test_group_option_composes_and_instantiates(group, option):
             "image": ("name", "loader", "channels", "image_size", "augment", "eval_split"),
             "tabular": ("name", "loader", "target", "features", "categorical", "eval_split"),
             "interactions": ("name", "loader", "user_column", "item_column", "min_rating",
-                             "max_length", "eval_split")}
+                             "max_length", "eval_split"),
+            "audio": ("name", "loader", "sample_rate", "clip_seconds", "spectrogram", "augment",
+                      "eval_split")}
     for key in keys[kind]:
         assert key in cfg.data.keys()  # (`in cfg.data` is False for a required ??? value)
 

@@ -72,6 +72,24 @@ def _interactions(shared: Path, tmp: Path) -> tuple[str, ...]:
 
 
 MF = ("finetune", "model=mf", "task=rating")
+CTC = ("finetune", "model=speech_ctc", "model.hidden_size=16", "model.num_layers=1",
+       "model.channels=4")
+
+
+def _audio_folder(shared: Path, tmp: Path) -> tuple[str, ...]:
+    for word in ("yes", "no"):  # 2 x 140 train clips, linked
+        (tmp / "clips" / word).mkdir(parents=True)
+        for clip in sorted((shared / "spoken_words" / "audio" / "train" / word).iterdir()):
+            (tmp / "clips" / word / clip.name).symlink_to(clip)
+    return (f"data.path={tmp / 'clips'}", "data.validation_fraction=0.3")
+
+
+def _audio_csv(shared: Path, tmp: Path) -> tuple[str, ...]:
+    rows = pd.read_csv(shared / "spoken_numbers" / "train.csv").head(600)
+    rows["path"] = [str(shared / "spoken_numbers" / p) for p in rows["path"]]
+    rows.to_csv(tmp / "utterances.csv", index=False)
+    return (f"data.path={tmp / 'utterances.csv'}", "data.transcript_column=transcript",
+            "task=ctc")
 
 
 CASES = {
@@ -82,6 +100,8 @@ CASES = {
     "fashion_mnist": (CNN, None), "digits": (CNN, None), "image_folder": (CNN, _image_folder),
     "diabetes": (MLP, None), "tabular": (MLP, _table),
     "movielens": (MF, None), "interactions": (MF, _interactions),
+    "spoken_words": (CNN, None), "spoken_numbers": (CTC, None),
+    "audio_folder": (CNN, _audio_folder), "audio_csv": (CTC, _audio_csv),
 }
 IN_MAKE_TEST = {"wikitext2", "tinyshakespeare", "text", "image_folder"}
 

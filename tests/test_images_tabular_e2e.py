@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import evaluate_matches as _evaluate_matches
 from conftest import read_json, run_dir_of
 
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -21,14 +22,6 @@ TINY_CNN = ("model=cnn", "model.widths=[8,16]", "trainer=debug")
 
 def _no_traceback(result):
     assert "Traceback" not in result.stderr, result.stderr
-
-
-def _evaluate_matches(cli, run: Path, keys: tuple[str, ...]) -> Path:
-    eval_dir = run_dir_of(cli("evaluate", f"run={run}"), cli.cwd)
-    got, trained = read_json(eval_dir / "metrics.json")["metrics"], read_json(run / "metrics.json")["test"]
-    for key in keys:
-        assert got[key] == pytest.approx(trained[key], rel=1e-5, abs=1e-9), key
-    return eval_dir
 
 
 def _fashion_pngs(shared_data: Path, folder: Path, n: int) -> list[int]:

@@ -11,6 +11,7 @@ A section module has:
 from __future__ import annotations
 
 from sections import (
+    audio,
     ddp,
     export,
     gpt,
@@ -27,5 +28,5 @@ from sections import (
 )
 
 MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
-           recsys, serve, export)
+           recsys, audio, serve, export)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}

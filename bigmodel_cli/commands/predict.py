@@ -1,7 +1,7 @@
 """bigmodel predict: what a trained run makes of raw inputs, as JSON lines.
 
 The run's data kind reads the inputs (text runs: `text=`, `prompt=`, `input=FILE` or
-`input=-`; image runs: an image, a folder or a list of paths; tabular runs: a file of rows),
+`input=-`; image and audio runs: a file, a folder or a list of paths; tabular runs: a file of rows),
 and `bigmodel_cli.inference.Predictor` turns each chunk of `batch_size` inputs into records,
 whose shape the task owns:
   classification  {"index", "label", "label_id", "top_k": [{"label", "prob"}, ...]}
@@ -10,6 +10,7 @@ whose shape the task owns:
   causal LM       {"index", "prompt", "generated"}; format=text (its default) streams the
                   text as it is generated
   masked LM       {"index", "text", "filled", "masks": [...]}
+  ctc (audio)     {"index", "path", "text"}
 Inputs stream in chunks, so a large file runs in constant memory. Texts longer than the
 run's data.max_length tokens are truncated, as they were in training (a note gives the count).
 """
@@ -64,8 +65,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if stats["empty"]:
         log.info("note: skipped %d empty input line(s)", stats["empty"])
     if stats["truncated"]:
-        log.info("note: %d text(s) longer than the run's data.max_length were truncated",
-                 stats["truncated"])
+        log.info("note: %d input(s) longer than the run's data.max_length (texts) or "
+                 "data.clip_seconds (audio clips) were truncated, as in training", stats["truncated"])
     log.info("predicted %d input(s)%s", stats["predicted"], f" -> {cfg.output}" if cfg.output else "")
     return stats
 

@@ -91,13 +91,11 @@ def load_assets(run_dir: Path, meta: dict) -> dict:
 def read_inputs(cfg: DictConfig, stats: dict) -> Iterator[tuple[dict, Path]]:
     """({"index", "path"}, path) for `input=` an image, a folder of images, or a
     .csv/.tsv/.txt list of image paths."""
+    from bigmodel_cli.data.files import path_inputs
     from bigmodel_cli.data.images import image_inputs
 
-    if cfg.text is not None or cfg.prompt is not None or cfg.input is None or cfg.input == "-":
-        raise UsageError("this run classifies images: give input=IMAGE, input=FOLDER or "
-                         "input=LIST.csv (a column of image paths, path_column=)")
-    for index, path in enumerate(image_inputs(str(cfg.input), cfg.path_column)):
-        yield {"index": index, "path": str(path)}, path
+    return path_inputs(cfg, image_inputs, "this run classifies images: give input=IMAGE, "
+                       "input=FOLDER or input=LIST.csv (a column of image paths, path_column=)")
 
 
 def encode_inputs(trained, images: list, task) -> tuple[dict, list[bool]]:
@@ -122,24 +120,12 @@ def request_inputs(trained, inputs: list) -> list[bytes]:
     """A request's `inputs` -> encoded image bytes: base64 strings (JSON; a data: URL prefix
     is allowed) or the bytes of uploaded files. Each is decoded once here, so that an image
     that does not decode is refused (naming it) before it joins a batch with others."""
-    import base64
-    import binascii
-
+    from bigmodel_cli.data.files import request_bytes
     from bigmodel_cli.data.images import decode_image
 
-    images = []
-    for i, item in enumerate(inputs):
-        if isinstance(item, str):
-            try:
-                item = base64.b64decode(item.split(",", 1)[1] if item.startswith("data:")
-                                        else item, validate=True)
-            except (binascii.Error, ValueError):
-                raise UsageError(f"inputs[{i}]: not valid base64") from None
-        if not isinstance(item, bytes):
-            raise UsageError(f"inputs[{i}]: expected an image as a base64 string, got "
-                             f"{type(item).__name__}")
+    images = request_bytes(inputs, "an image")
+    for i, item in enumerate(images):
         decode_image(item, trained.assets["channels"], f"inputs[{i}]")
-        images.append(item)
     return images
 
 

@@ -130,16 +130,11 @@ def pixel_stats(pixels: torch.Tensor) -> tuple[list[float], list[float]]:
 def _parquet(data_cfg: DictConfig) -> tuple[dict[str, RawSplit], list[str] | None, str, Path, list[Path]]:
     import pyarrow.parquet as pq
 
-    from bigmodel_cli.data.sources import candidate_dirs
+    from bigmodel_cli.data.files import split_files
 
-    looked = []
-    for how, folder in candidate_dirs(data_cfg):
-        files = {s: folder / f for s, f in data_cfg.files.items() if f}
-        present = {s: p for s, p in files.items() if p.is_file()}
-        if "train" not in present:
-            looked.append(f"{how}: {folder} -- " + ("no " + ", ".join(p.name for p in files.values())
-                                                    + " there" if folder.is_dir() else "does not exist"))
-            continue
+    found = split_files(data_cfg)
+    if not isinstance(found, list):
+        how, folder, present = found
         raw = {}
         for split, path in present.items():
             try:
@@ -164,7 +159,7 @@ def _parquet(data_cfg: DictConfig) -> tuple[dict[str, RawSplit], list[str] | Non
             names = [n.strip() for n in labels_file.read_text(encoding="utf-8").splitlines() if n.strip()]
         read = [*present.values(), *([labels_file] if names else [])]
         return raw, names, f"{folder} ({how})", folder, read
-    raise UsageError(f"dataset {data_cfg.name!r} not found. Looked in:\n    " + "\n    ".join(looked)
+    raise UsageError(f"dataset {data_cfg.name!r} not found. Looked in:\n    " + "\n    ".join(found)
                      + f"\n  To provide it: put {', '.join(f for f in data_cfg.files.values() if f)}"
                      f" (columns {data_cfg.image_column},{data_cfg.label_column}) in "
                      f"$BIGMODEL_DATA_DIR/{data_cfg.name}/ or ./data/{data_cfg.name}/, or point "
@@ -188,49 +183,19 @@ def _digits(data_cfg: DictConfig) -> tuple[dict[str, RawSplit], list[str], str, 
             "scikit-learn load_digits (bundled)", None, [])
 
 
-def _class_files(folder: Path) -> dict[str, list[Path]]:
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {c.name: sorted(f for f in c.rglob("*") if f.is_file() and not f.name.startswith("."))
-            for c in classes}
-
-
 def _folder(data_cfg: DictConfig) -> tuple[dict[str, RawSplit], list[str], str, Path, list[Path]]:
-    if not data_cfg.path:
-        raise UsageError("data=image_folder needs data.path=DIR: a folder with one subfolder per "
-                         "class (or train/, val/, test/ folders that each hold them)")
-    root = Path(data_cfg.path).expanduser()
-    if not root.is_dir():
-        raise UsageError(f"data.path={data_cfg.path}: no such directory")
-    split_dirs = {"train": root / "train"}
-    for split, names in (("validation", ("validation", "val", "valid")), ("test", ("test",))):
-        for name in names:
-            if (root / name).is_dir():
-                split_dirs[split] = root / name
-                break
-    if not split_dirs["train"].is_dir():
-        split_dirs = {"train": root}  # the class folders are right here
-    per_split = {split: _class_files(d) for split, d in split_dirs.items()}
-    names = list(per_split["train"])
-    if not names:
-        raise UsageError(f"{split_dirs['train']}: no class subfolders; put the images of each "
-                         "class in a subfolder named after the class")
+    from bigmodel_cli.data.files import class_folders
+
+    per_split, names, root = class_folders(data_cfg.path, (), "image", "image_folder")
     raw, read = {}, []
-    for split, classes in per_split.items():
-        unknown = sorted(set(classes) - set(names))
-        if unknown:
-            raise UsageError(f"{split_dirs[split]}: classes {', '.join(unknown)} are not in "
-                             f"{split_dirs['train']} ({', '.join(names)})")
-        files = [(f, names.index(c)) for c, fs in classes.items() for f in fs]
-        if not files:
-            raise UsageError(f"{split_dirs[split]}: no image files in its class folders "
-                             f"({', '.join(classes) or 'none'})")
+    for split, files in per_split.items():
         paths = [f for f, _ in files]
         read += paths
 
         def decode(rows, paths=paths):
             return [decode_image(paths[r], data_cfg.channels, str(paths[r])) for r in rows]
 
-        raw[split] = RawSplit(np.asarray([c for _, c in files], dtype=np.int64), decode)
+        raw[split] = RawSplit(np.asarray([names.index(c) for _, c in files], dtype=np.int64), decode)
     return raw, names, f"{root} (data.path)", root, read
 
 
@@ -303,39 +268,9 @@ def load_image_dataset(data_cfg: DictConfig, *, seed: int, max_train_samples: in
 def image_inputs(given: str, path_column: str) -> Iterator[Path]:
     """The image files that `input=` names: one image, a folder (all images in it and its
     subfolders, sorted), or a .csv/.tsv/.txt list of paths (relative to the list's folder)."""
-    import csv
+    from bigmodel_cli.data.files import listed_files
 
-    path = Path(given).expanduser()
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
-        images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-        if not images:
-            raise UsageError(f"input={given}: no image files in this folder "
-                             f"({', '.join(s for s in IMAGE_SUFFIXES)})")
-        yield from images
-        return
-    if not path.is_file():
-        raise UsageError(f"input={given}: no such file or folder")
-    kind = path.suffix.lower()
-    if kind in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if kind == ".tsv" else ",")
-            if path_column not in (reader.fieldnames or []):
-                raise UsageError(f"input={given}: no column {path_column!r}; its columns are "
-                                 f"{', '.join(reader.fieldnames or [])} (set path_column=)")
-            for row in reader:
-                yield _relative(row[path_column], path)
-    elif kind == ".txt":
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                yield _relative(line.strip(), path)
-    else:
-        yield path
-
-
-def _relative(name: str, listing: Path) -> Path:
-    p = Path(name).expanduser()
-    return p if p.is_absolute() else listing.parent / p
+    return listed_files(given, path_column, IMAGE_SUFFIXES, "image")
 
 
 def load_image_file(path: Path, channels: int, image_size: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Kinds of data, and what the commands need from each.
 
-`data.kind` (text | image | tabular | interactions) picks a module in bigmodel_cli.data that provides:
+`data.kind` (text | image | audio | tabular | interactions) picks a module in bigmodel_cli.data that provides:
 
   prepare(cfg, run_dir, ctx, task) -> Prepared
       Load, split and preprocess the training data (fitting what is fitted on train: a
@@ -35,6 +35,7 @@ from typing import Any
 from bigmodel_cli.errors import UsageError
 
 KINDS = {"text": "bigmodel_cli.data.text_kind", "image": "bigmodel_cli.data.image_kind",
+         "audio": "bigmodel_cli.data.audio_kind",
          "tabular": "bigmodel_cli.data.tabular_kind",
          "interactions": "bigmodel_cli.data.interactions_kind"}
 

@@ -39,6 +39,12 @@ def export_run(cfg: DictConfig) -> dict:
         raise UsageError(f"format={cfg.format}: must be onnx")
     if cfg.quantize not in ("none", "int8"):
         raise UsageError(f"quantize={cfg.quantize}: must be none or int8")
+    from bigmodel_cli.inference import run_data_kind
+
+    if run_data_kind(cfg.run, cfg.ckpt) == "audio":
+        raise UsageError(f"run={cfg.run}: audio runs cannot be exported yet (their first module "
+                         "computes log-mel features with torch.stft, which the ONNX graph does "
+                         "not carry); use `bigmodel predict` or `bigmodel serve` on the run")
     require_onnx()
     device = select_device("cpu", cfg.device.threads)
     trained = load_run(str(cfg.run), cfg.ckpt, device)

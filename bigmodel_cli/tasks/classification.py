@@ -24,12 +24,15 @@ class Classifier(nn.Module):
 
 
 class ClassificationMetrics:
-    """Collects predictions over an evaluation, then scores them with scikit-learn."""
+    """Collects predictions over an evaluation, then scores them with scikit-learn. With
+    row groups (`group_names`; batches carry "group" ids), accuracy per group as well."""
 
-    def __init__(self, num_labels: int) -> None:
+    def __init__(self, num_labels: int, group_names: list[str] | None = None) -> None:
         self.num_labels = num_labels
+        self.group_names = group_names
         self.preds: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self.groups: list[np.ndarray] = []
         self.loss_sum = 0.0
         self.count = 0
 
@@ -37,6 +40,8 @@ class ClassificationMetrics:
         n = logits.shape[0]
         self.preds.append(logits.argmax(-1).cpu().numpy())
         self.labels.append(batch["labels"].cpu().numpy())
+        if "group" in batch:
+            self.groups.append(batch["group"].cpu().numpy())
         self.loss_sum += float(loss) * n
         self.count += n
 
@@ -55,6 +60,15 @@ class ClassificationMetrics:
                 y_true, y_pred, labels=labels, average=average, zero_division=0)
             out.update({f"precision_{average}": float(p), f"recall_{average}": float(r),
                         f"f1_{average}": float(f)})
+        if self.group_names and len(self.group_names) > 1 and self.groups:
+            from bigmodel_cli.tasks.ctc import group_key
+
+            groups = np.concatenate(self.groups)
+            for g, name in enumerate(self.group_names):
+                rows = groups == g
+                if rows.any():
+                    out[f"accuracy_{group_key(name)}"] = float((y_true[rows] == y_pred[rows]).mean())
+                    out[f"samples_{group_key(name)}"] = int(rows.sum())
         out["samples"] = self.count
         return out
 
@@ -73,8 +87,20 @@ class ClassificationTask:
     def __init__(self, head_dropout: float = 0.0, label_smoothing: float = 0.0) -> None:
         self.head_dropout = head_dropout
         self.label_smoothing = label_smoothing
+        self.group_names: list[str] | None = None
+
+    def set_groups(self, names: list[str]) -> None:
+        """Row groups (an audio manifest's group column): accuracy is reported per group too."""
+        from bigmodel_cli.tasks.ctc import group_key
+
+        self.group_names = list(names)
+        if len(names) > 1:
+            self.summary_metrics = (*type(self).summary_metrics,
+                                    *(f"accuracy_{group_key(n)}" for n in names))
 
     def build_model(self, encoder: nn.Module, num_labels: int) -> Classifier:
+        if getattr(encoder, "frame_outputs", False):
+            raise ValueError("this encoder gives one output per frame; use task=ctc")
         return Classifier(encoder, num_labels, self.head_dropout)
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -88,7 +114,7 @@ class ClassificationTask:
         return F.cross_entropy(logits.float(), batch["labels"])
 
     def new_metrics(self, num_labels: int) -> ClassificationMetrics:
-        return ClassificationMetrics(num_labels)
+        return ClassificationMetrics(num_labels, self.group_names)
 
     # -- evaluate and predict ----------------------------------------------------------------
     def write_reports(self, metrics: ClassificationMetrics, run_dir, title: str,
