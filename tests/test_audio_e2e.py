@@ -136,3 +136,17 @@ def test_serve_audio_run_base64_json(words_cnn_run, shared_data):
         bad = client.post("/v1/predict", json={"inputs": [base64.b64encode(b"RIFF junk").decode()]})
         assert bad.status_code == 422
         assert "inputs[0]: not an audio file" in bad.json()["error"]["message"]
+
+
+def test_audio_pause_and_resume_equals_a_straight_run(cli, tmp_path):
+    from safetensors.torch import load_file
+
+    args = ("finetune", *TINY_CTC, "data=spoken_numbers", "trainer.max_steps=6")
+    straight = run_dir_of(cli(*args, f"hydra.run.dir={tmp_path / 'straight'}"), cli.cwd)
+    paused = tmp_path / "paused"
+    run_dir_of(cli(*args, "trainer.pause_after_steps=3", f"hydra.run.dir={paused}"), cli.cwd)
+    resumed = cli(*args, f"trainer.resume={paused}", f"hydra.run.dir={paused}")
+    assert resumed.returncode == 0 and "resumed at step 3" in resumed.stderr
+    a = load_file(straight / "checkpoints" / "last" / "model.safetensors")
+    b = load_file(paused / "checkpoints" / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
