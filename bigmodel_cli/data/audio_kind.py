@@ -237,6 +237,10 @@ def encode_inputs(trained, inputs: list, task) -> tuple[dict, list[bool]]:
     return {"index": index, "audio": audio, "audio_lengths": lengths}, [False] * len(waves)
 
 
+# request_inputs decodes every clip: serve runs it off the event loop.
+DECODES_REQUESTS = True
+
+
 def request_inputs(trained, inputs: list) -> list[bytes]:
     """A request's `inputs` -> audio file bytes: base64 strings (a data: URL prefix is
     allowed). Each is decoded once here, so that a clip that does not decode is refused
