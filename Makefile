@@ -25,7 +25,7 @@ help:
 	@echo "                   make install TORCH_CONSTRAINT=   keep whatever torch pip picks (a CUDA build)"
 	@echo "                   make install LOCK=               pyproject.toml's open ranges, no lock"
 	@echo "make lock          regenerate $(LOCK) with uv (UPGRADE=1: newest allowed versions)"
-	@echo "make test          the test suite without the slow tests (about 4 minutes on 2 cores)"
+	@echo "make test          the test suite without the slow tests (about 5-6 minutes on 2 cores)"
 	@echo "make test-slow     the slow tests: signals, kill -9, launchers, torchrun, the wheel, compile"
 	@echo "make lint          ruff over bigmodel_cli, tests and bench"
 	@echo "make bench         the benchmarks (hours); writes outputs/bench/report.{md,json}"
@@ -49,7 +49,7 @@ lock:
 	    --custom-compile-command "make lock" --quiet -o $(LOCK)
 
 
-# About 4 minutes on a 2-core machine.
+# About 5-6 minutes on a 2-core machine (308 tests).
 test:
 	$(PYTHON) -m pytest -q -m "not slow"
 
