@@ -199,8 +199,12 @@ INTERACTIVE = [  # typed -> the line after completion (X typed right after the T
 
 
 def test_interactive_bash_inserts_the_completion(shell_env):
-    term = Terminal(["bash", "--norc", "--noprofile", "-i"], shell_env,
-                    'eval "$(bigmodel completion bash)"')
+    _assert_inserts(Terminal(["bash", "--norc", "--noprofile", "-i"], shell_env,
+                             'eval "$(bigmodel completion bash)"'))
+
+
+def _assert_inserts(term) -> None:
+    """Each INTERACTIVE key sequence leaves its expected line in the shell `term` runs."""
     try:
         for keys, line in INTERACTIVE:
             assert term.complete(keys) == line, keys
@@ -212,13 +216,8 @@ def test_interactive_bash_inserts_the_completion(shell_env):
                     reason="zsh is not installed (apt-get install -y zsh); bash is tested")
 def test_interactive_zsh_inserts_the_completion(shell_env, tmp_path):
     env = {**shell_env, "ZDOTDIR": str(tmp_path)}  # no ~/.zshrc, no new-user wizard
-    term = Terminal(["zsh", "-f", "-i"], env,
-                    'autoload -Uz compinit && compinit -u -D && eval "$(bigmodel completion zsh)"')
-    try:
-        for keys, line in INTERACTIVE:
-            assert term.complete(keys) == line, keys
-    finally:
-        term.close()
+    _assert_inserts(Terminal(["zsh", "-f", "-i"], env, 'autoload -Uz compinit && compinit -u -D '
+                             '&& eval "$(bigmodel completion zsh)"'))
 
 
 @pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")

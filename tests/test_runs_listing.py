@@ -92,58 +92,65 @@ def make_runs(root: Path, finetune: Path, evaluate: Path, n: int) -> list[dict]:
     rng.shuffle(order)  # made in another order than they started
     for i in order:
         started = base + timedelta(minutes=7 * i)
-        stamp = started.strftime("%Y-%m-%dT%H:%M:%S%z")
         if i % 10 == 9:
             truth.append(_evaluate_run(root, evaluate, finetune, started, i))
-            continue
-        command = "pretrain" if i % 10 == 8 else "finetune"
-        model, data = MODELS[i % 4], DATA[i % 3]
-        status = ("ok", "ok", "ok", "failed", "ok", "interrupted", "paused", "ok",
-                  "running", "unknown")[(i // 10) % 10]
-        sweep = i % 5 == 2  # a job of one of ten sweeps
-        day, clock = started.strftime("%Y-%m-%d"), started.strftime("%H-%M-%S")
-        run_dir = (root / command / "multirun" / "2026-11-01" / f"08-00-{i // 100:02d}" / str(i)
-                   if sweep else root / command / day / clock)
-        val, test, steps, secs = round(rng.random(), 4), round(rng.random(), 4), rng.randint(5, 900), round(rng.uniform(1, 900), 3)
-        kept = rng.randint(1, len(records) - 1)  # metrics.jsonl lines written before the end
-
-        def run_json(text, status=status, stamp=stamp):
-            run = json.loads(text)
-            entry = run["invocations"][0]
-            entry.update(started=stamp, host=socket.gethostname())
-            entry.pop("status", None), entry.pop("error", None)
-            if status == "running":
-                entry["pid"] = os.getpid()  # this test's own process: alive
-            elif status == "unknown":
-                entry["pid"] = dead
-            else:
-                entry.update(status=status, error="ValueError: boom" if status == "failed" else "")
-            return json.dumps(run, indent=2)
-
-        def metrics_json(text, status=status, val=val, test=test, steps=steps, secs=secs,
-                         command=command):
-            if status != "ok":
-                return None
-            metrics = json.loads(text)
-            metrics["best_validation"]["accuracy"], metrics["test"]["accuracy"] = val, test
-            metrics.update(steps=steps, total_time_s=secs, command=command)
-            return json.dumps(metrics, indent=2)
-
-        def jsonl(text, kept=kept):
-            return "\n".join(text.splitlines()[:kept]) + "\n"
-
-        _copy_run(finetune, run_dir, {
-            "run.json": run_json, "metrics.json": metrics_json, "metrics.jsonl": jsonl,
-            ".hydra/hydra.yaml": lambda t, c=command, m=model, d=data, s=sweep: _choices(t, c, m, d, s)})
-        ok = status == "ok"
-        truth.append({
-            "started": started.timestamp(), "command": command, "model": model, "data": data,
-            "status": status, "monitor": "accuracy" if ok else None,
-            "val": val if ok else None, "test": test if ok else None,
-            "steps": steps if ok else records[kept - 1]["step"],
-            "time_s": secs if ok else records[kept - 1]["time"],
-            "run_dir": str(run_dir), "sweep": str(run_dir.parent) if sweep else None})
+        else:
+            truth.append(_training_run(root, finetune, records, rng, dead, started, i))
     return truth
+
+
+def _training_run(root: Path, finetune: Path, records: list[dict], rng: random.Random, dead: int,
+                  started: datetime, i: int) -> dict:
+    """Run `i`: a finetune or pretrain run copied from `finetune`, with its own status, start,
+    figures and truncated metrics.jsonl; returns its expected row."""
+    stamp = started.strftime("%Y-%m-%dT%H:%M:%S%z")
+    command = "pretrain" if i % 10 == 8 else "finetune"
+    model, data = MODELS[i % 4], DATA[i % 3]
+    status = ("ok", "ok", "ok", "failed", "ok", "interrupted", "paused", "ok",
+              "running", "unknown")[(i // 10) % 10]
+    sweep = i % 5 == 2  # a job of one of ten sweeps
+    day, clock = started.strftime("%Y-%m-%d"), started.strftime("%H-%M-%S")
+    run_dir = (root / command / "multirun" / "2026-11-01" / f"08-00-{i // 100:02d}" / str(i)
+               if sweep else root / command / day / clock)
+    val, test, steps, secs = round(rng.random(), 4), round(rng.random(), 4), rng.randint(5, 900), round(rng.uniform(1, 900), 3)
+    kept = rng.randint(1, len(records) - 1)  # metrics.jsonl lines written before the end
+
+    def run_json(text, status=status, stamp=stamp):
+        run = json.loads(text)
+        entry = run["invocations"][0]
+        entry.update(started=stamp, host=socket.gethostname())
+        entry.pop("status", None), entry.pop("error", None)
+        if status == "running":
+            entry["pid"] = os.getpid()  # this test's own process: alive
+        elif status == "unknown":
+            entry["pid"] = dead
+        else:
+            entry.update(status=status, error="ValueError: boom" if status == "failed" else "")
+        return json.dumps(run, indent=2)
+
+    def metrics_json(text, status=status, val=val, test=test, steps=steps, secs=secs,
+                     command=command):
+        if status != "ok":
+            return None
+        metrics = json.loads(text)
+        metrics["best_validation"]["accuracy"], metrics["test"]["accuracy"] = val, test
+        metrics.update(steps=steps, total_time_s=secs, command=command)
+        return json.dumps(metrics, indent=2)
+
+    def jsonl(text, kept=kept):
+        return "\n".join(text.splitlines()[:kept]) + "\n"
+
+    _copy_run(finetune, run_dir, {
+        "run.json": run_json, "metrics.json": metrics_json, "metrics.jsonl": jsonl,
+        ".hydra/hydra.yaml": lambda t, c=command, m=model, d=data, s=sweep: _choices(t, c, m, d, s)})
+    ok = status == "ok"
+    return {
+        "started": started.timestamp(), "command": command, "model": model, "data": data,
+        "status": status, "monitor": "accuracy" if ok else None,
+        "val": val if ok else None, "test": test if ok else None,
+        "steps": steps if ok else records[kept - 1]["step"],
+        "time_s": secs if ok else records[kept - 1]["time"],
+        "run_dir": str(run_dir), "sweep": str(run_dir.parent) if sweep else None}
 
 
 def _evaluate_run(root: Path, evaluate: Path, source: Path, started: datetime, i: int) -> dict:
