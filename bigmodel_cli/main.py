@@ -68,7 +68,9 @@ def run_command(command: str, cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
     from bigmodel_cli.config import validate
+    from bigmodel_cli.engine.distributed import adopt_submitit_tasks
 
+    adopt_submitit_tasks()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

@@ -27,6 +27,29 @@ def is_distributed() -> bool:
     return world()[1] > 1
 
 
+def adopt_submitit_tasks() -> bool:
+    """Inside a submitit job of several tasks (`hydra.launcher.nodes`/`tasks_per_node` on
+    submitit_slurm or submitit_local), make the tasks one torch.distributed world: export the
+    RANK, WORLD_SIZE, MASTER_ADDR/PORT and LOCAL_RANK that torchrun would have set (the
+    first task's host is the rendezvous). Ranks above 0 then log warnings only and write no
+    log file. A job of one task, or a process started by torchrun, is left alone."""
+    if "RANK" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return False
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks < 2:
+        return False
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if world()[0] > 0:
+        import logging
+
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+        logging.getLogger("bigmodel").setLevel(logging.WARNING)
+    return True
+
+
 def init() -> None:
     """Initialise the default process group once (CPU tensors on gloo, CUDA ones on NCCL)."""
     import torch
@@ -37,7 +60,10 @@ def init() -> None:
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # Modulo: where the scheduler already shows each task only its own GPU (SLURM's
+        # per-task GPU binding), local rank 3 must use device 0, not fail.
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
 
 
 def shared_timestamp() -> str:
