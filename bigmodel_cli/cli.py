@@ -1,21 +1,26 @@
-"""The `bigmodel` command line: a thin Typer app in front of one Hydra app per command.
+"""The `bigmodel` command line's Typer app: the command list and `--help`, `--version`,
+and the commands that are not Hydra apps (runs, report, completion).
 
-Typer only knows the command names. Everything after the command name is handed to Hydra
-untouched (`sys.argv` is set for `hydra.main` and restored afterwards), so overrides,
-`+key=`, `~key`, `-m` sweeps, `--cfg job`, `-p`, `--info` and Hydra's `--help` all work.
-Nothing here imports torch: `bigmodel --help` and `--version` stay fast.
+Typer only knows the Hydra commands' names (for `--help` and completion); the entry point
+in launch.py hands their command lines to Hydra before Typer is imported, and the
+commands below do the same when the app is called directly. Nothing here imports torch:
+`bigmodel --help` and `--version` stay fast.
 """
 
 from __future__ import annotations
 
-import re
-import sys
 from pathlib import Path
 
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.errors import EXIT_FAILED, EXIT_USAGE
+from bigmodel_cli.errors import EXIT_USAGE
+from bigmodel_cli.launch import (  # noqa: F401  (main, hydra_quote: the package's old names)
+    hydra_quote,
+    main,
+    quote_free_text,
+    run_hydra_command,
+)
 
 app = typer.Typer(
     name="bigmodel",
@@ -28,7 +33,6 @@ app = typer.Typer(
 
 # Typer must not parse the overrides: unknown options and extra args pass through,
 # and the command's own --help goes to Hydra.
-TRAINING_COMMANDS = ("pretrain", "finetune")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
@@ -45,95 +49,6 @@ def _root(
     ),
 ) -> None:
     """Config-driven training and use of neural models."""
-
-
-# Keys whose values are free text (`text="a, b's"`): always passed to Hydra quoted.
-FREE_TEXT_KEYS = ("text", "prompt")
-_KEY_VALUE = re.compile(r"^([+~]{0,2}[A-Za-z_][\w.\-/@]*)=(.*)$", re.DOTALL)
-
-
-def hydra_quote(value: str) -> str:
-    """Quote a value for Hydra's override grammar: it then stays a plain string, whatever
-    characters it has. Backslashes matter only before a quote or the end, `${` is escaped."""
-    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)
-    return "'" + value.replace("${", "\\${") + "'"
-
-
-def quote_free_text(args: list[str]) -> list[str]:
-    """Hydra's grammar rejects unquoted non-ASCII text and reads commas as sweeps, so
-    `text=央行宣布...` (the shell already removed its quotes) is quoted for Hydra here.
-    The same holds for any value with non-ASCII characters (e.g. a path). A value that is
-    already quoted is passed unchanged; in a list (`text=[a,b]`) with non-ASCII text and no
-    quotes, each comma-separated item is quoted."""
-    out = []
-    for arg in args:
-        match = _KEY_VALUE.match(arg)
-        if match:
-            key, value = match.groups()
-            bare_key = key.lstrip("+~")
-            unquoted = not value.startswith(("'", '"', "["))
-            if unquoted and (bare_key in FREE_TEXT_KEYS or not value.isascii()):
-                arg = f"{key}={hydra_quote(value)}"
-            elif (value.startswith("[") and value.endswith("]") and not value.isascii()
-                  and "'" not in value and '"' not in value):
-                items = [item.strip() for item in value[1:-1].split(",")]
-                arg = f"{key}=[{','.join(hydra_quote(item) for item in items)}]"
-        out.append(arg)
-    return out
-
-
-def _continue_in_resumed_run(command: str, args: list[str]) -> list[str]:
-    """`trainer.resume=...` continues writing into the resumed run's own directory."""
-    from bigmodel_cli.errors import UsageError
-    from bigmodel_cli.runs import find_resume_run
-
-    values = [a.split("=", 1)[1] for a in args if a.startswith("trainer.resume=")]
-    if (not values or values[-1].strip("'\"") in ("", "null") or "-m" in args
-            or "--multirun" in args or any(a.startswith("hydra.run.dir=") for a in args)):
-        return args
-    try:
-        run = find_resume_run(values[-1].strip("'\""), Path("outputs") / command)
-    except UsageError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(EXIT_USAGE) from None
-    return [*args, f"hydra.run.dir={run}"]
-
-
-def run_hydra_command(command: str, args: list[str]) -> None:
-    """Run the Hydra app of `command` with `args` as its command line; map exit codes."""
-    from bigmodel_cli import main as hydra_main  # imports hydra, not torch
-
-    if "-sc" in args or any(a.startswith("--shell-completion") for a in args):
-        typer.echo("error: Hydra's --shell-completion does not work through `bigmodel`; use "
-                   "`bigmodel completion bash|zsh|fish` (eval \"$(bigmodel completion bash)\" "
-                   "in ~/.bashrc)", err=True)
-        raise SystemExit(EXIT_USAGE)
-    args = quote_free_text(args)
-    if command in TRAINING_COMMANDS:
-        args = _continue_in_resumed_run(command, args)
-        from bigmodel_cli.engine import distributed  # imports torch only under torchrun
-
-        args = [*args, *distributed.cli_overrides(command, args)]
-    saved_argv = sys.argv
-    sys.argv = [f"bigmodel {command}", *args]
-    hydra_main.job_started = False  # per command: a second one in this process starts anew
-    try:
-        getattr(hydra_main, command)()
-        from bigmodel_cli import sweeps
-
-        if sweeps.sweep_failed:  # a multirun in which some job failed
-            raise SystemExit(EXIT_FAILED)
-    except SystemExit as exit_:
-        code = exit_.code
-        # Hydra reports config composition errors (unknown option, unknown key, bad
-        # override syntax) with exit 1 before our task function starts; those are
-        # usage errors for us.
-        if code == EXIT_FAILED and not hydra_main.job_started:
-            code = EXIT_USAGE
-        raise SystemExit(code) from None
-    finally:
-        sys.argv = saved_argv
 
 
 @app.command(context_settings=PASS_THROUGH, add_help_option=False)
@@ -280,15 +195,6 @@ def complete_words(shell: str, line: str, wordbreaks: str = "") -> None:
     suggestions = comp.complete(line, commands, options)
     for suggestion in comp.for_shell(shell, suggestions, line, wordbreaks):
         typer.echo(suggestion)
-
-
-def main() -> None:
-    # Completion runs on every <TAB>: answered without Typer's argument parsing (which
-    # imports pydantic), so the process stays short.
-    if sys.argv[1:2] == ["__complete"] and len(sys.argv) in (4, 5):
-        complete_words(*sys.argv[2:])
-        return
-    app()
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ NAMES = ("startup",)
 TITLE = "Startup (median wall seconds)"
 RUNS = 5
 # (key, arguments, expected exit code, target seconds)
-COMMANDS = (("help", ["--help"], 0, 0.3),
-            ("cfg_job", ["finetune", "--cfg", "job"], 0, 1.0),
+COMMANDS = (("help", ["--help"], 0, 0.15),
+            ("cfg_job", ["finetune", "--cfg", "job"], 0, 0.5),
             ("config_error", ["finetune", "optimizer.lr=abc"], 2, 1.0))
 
 
