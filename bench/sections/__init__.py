@@ -17,6 +17,7 @@ from sections import (
     gpt,
     hf,
     images_tables,
+    lstm_profile,
     overhead,
     recsys,
     resume,
@@ -27,6 +28,6 @@ from sections import (
     transfer,
 )
 
-MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
+MODULES = (startup, overhead, lstm_profile, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
            recsys, audio, serve, export)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}
