@@ -43,6 +43,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
         fit = trainer.fit(_batches(cfg, prepared, "train"), _batches(cfg, prepared, "validation"),
                           resume_state)
     strategy.barrier()  # rank 0 has written its checkpoints
+    memory = strategy.memory(trainer.model, trainer.optimizers)  # collective
     if not strategy.is_main:
         return {"paused": fit["paused"], "steps": fit["steps"], "rank": strategy.rank}
     if fit["paused"]:
@@ -55,6 +56,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     test_metrics = _score_test(cfg, trainer, prepared, run_dir)
     summary = _summary(cfg, command, run_dir, task, prepared, fit, test_metrics, trainer,
                        strategy, started)
+    summary["memory_per_rank"] = memory
     from bigmodel_cli.jsonfiles import write_json
 
     write_json(run_dir / "metrics.json", summary)
@@ -206,6 +208,7 @@ def _summary(cfg: DictConfig, command: str, run_dir: Path, task, prepared, fit: 
         "train_time_s": round(fit["train_time_s"], 3),
         "samples_per_s": round(fit["samples_per_s"] * world_size, 1),
         "tokens_per_s": round(fit["tokens_per_s"] * world_size, 1), "world_size": world_size,
+        "strategy": strategy.name,
         "total_time_s": round(time.time() - started, 3),
         "parameters": count_parameters(trainer.model),
         "device": str(trainer.device), "seed": cfg.seed, "versions": versions(),

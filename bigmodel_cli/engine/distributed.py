@@ -104,6 +104,15 @@ def broadcast(value):
     return box[0]
 
 
+def all_gather_object(value) -> list:
+    """Every rank's `value`, in rank order, on every rank."""
+    import torch.distributed as dist
+
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def all_reduce_max(values: list[float]) -> list[float]:
     """Element-wise max over ranks (used for stop flags that every rank must agree on)."""
     import torch

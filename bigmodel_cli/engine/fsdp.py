@@ -79,6 +79,8 @@ def check_shardable(model: nn.Module) -> None:
 
 
 class FSDPStrategy(Strategy):
+    name = "fsdp"
+
     def wrap(self, model: nn.Module, device: torch.device, compile: bool,
              precision: str = "fp32") -> nn.Module:
         """Shard blocks, embeddings, then the root (optimizers are built on the result: its
@@ -159,6 +161,10 @@ class FSDPStrategy(Strategy):
         set_model_state_dict(model, saved["model"])
         state["optimizers"] = join_tensors(saved["optimizers"], state["optimizers"])
         return state
+
+    def memory(self, model: nn.Module, optimizers: list) -> list[dict]:
+        reshard(model)  # count the shards, not the root's gathered parameters
+        return super().memory(model, optimizers)
 
     def best_model(self, model: nn.Module, directory: Path, device: torch.device) -> nn.Module:
         """A plain copy of the model with the best weights (the sharded one needs every rank)."""

@@ -45,6 +45,10 @@ class Strategy:
         return cls(rank=rank, world_size=world_size)
 
     @property
+    def name(self) -> str:
+        return "ddp" if self.distributed else "one process"
+
+    @property
     def distributed(self) -> bool:
         return self.world_size > 1
 
@@ -98,6 +102,23 @@ class Strategy:
         """The trained model with the best weights, to score on test in this process alone."""
         load_weights(model, directory)
         return unwrap(model)
+
+    def memory(self, model: nn.Module, optimizers: list) -> list[dict]:
+        """What each rank holds (collective): the bytes of its parameters and optimizer state,
+        counted from the tensors themselves (a sharded one: its local shard), and its peak RSS."""
+        import resource
+
+        from torch.distributed.tensor import DTensor
+
+        def nbytes(t: torch.Tensor) -> int:
+            return (t.to_local() if isinstance(t, DTensor) else t).nbytes
+
+        mine = {"rank": self.rank,
+                "parameter_bytes": sum(nbytes(p) for p in unwrap(model).parameters()),
+                "optimizer_bytes": sum(nbytes(v) for o in optimizers for s in o.state.values()
+                                       for v in s.values() if isinstance(v, torch.Tensor)),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+        return distributed.all_gather_object(mine) if self.distributed else [mine]
 
     def barrier(self) -> None:
         if self.distributed:
