@@ -165,7 +165,7 @@ def load_sharded_weights(model: nn.Module, directory: Path) -> None:
 
     state = {"model": model.state_dict()}
     try:
-        dcp.load(state, checkpoint_id=directory / SHARDED)
+        dcp.load(state, checkpoint_id=directory / SHARDED, no_dist=True)
     except (OSError, RuntimeError, ValueError) as exc:
         raise UsageError(f"{directory / SHARDED}: corrupt or incompatible weights ({exc})") from None
     model.load_state_dict(state["model"])
