@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,9 @@ def load_sharded_weights(model: nn.Module, directory: Path) -> None:
 
     state = {"model": model.state_dict()}
     try:
-        dcp.load(state, checkpoint_id=directory / SHARDED, no_dist=True)
+        with warnings.catch_warnings():  # that one process reads it all is the intent here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=directory / SHARDED, no_dist=True)
     except (OSError, RuntimeError, ValueError) as exc:
         raise UsageError(f"{directory / SHARDED}: corrupt or incompatible weights ({exc})") from None
     model.load_state_dict(state["model"])
