@@ -22,7 +22,16 @@ from typing import Any
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.jsonfiles import write_json
 
-CHECKPOINT_FILES = ("model.safetensors", "meta.json")
+SHARDED_INDEX = "sharded/.metadata"  # trainer.strategy=fsdp: last/ holds sharded weights
+
+
+def has_weights(path: Path) -> bool:
+    """The full weights, or (trainer.strategy=fsdp's last/) their shards."""
+    return (path / "model.safetensors").is_file() or (path / SHARDED_INDEX).is_file()
+
+
+def is_checkpoint(path: Path) -> bool:
+    return has_weights(path) and (path / "meta.json").is_file()
 
 
 def _unfinished(run: Path) -> bool:
@@ -43,7 +52,7 @@ def find_resume_run(value: str, outputs: Path = Path("outputs") / "finetune") ->
                          "checkpoints/last/state.pt and no metrics.json); name one: "
                          f"trainer.resume={outputs}/<date>/<time>")
     path = Path(value).expanduser()
-    if all((path / f).is_file() for f in CHECKPOINT_FILES):
+    if is_checkpoint(path):
         return path.parent.parent if path.parent.name == "checkpoints" else path
     if (path / "checkpoints").is_dir():
         return path
@@ -55,7 +64,7 @@ def resume_checkpoint(value: str, run_dir: Path) -> Path:
     path = Path(value).expanduser()
     if value == "auto":
         path = run_dir
-    ckpt = path if (path / "model.safetensors").is_file() else path / "checkpoints" / "last"
+    ckpt = path if has_weights(path) else path / "checkpoints" / "last"
     if not (ckpt / "state.pt").is_file():
         raise UsageError(f"trainer.resume={value}: {ckpt} has no training state (state.pt); "
                          "only a run's checkpoints/last can be resumed")

@@ -210,6 +210,7 @@ KEYS: dict[str, Spec] = {
     "trainer.pause_after_steps": integer(ge=1, null=True),
     "trainer.resume": string(null=True),               # a run dir, a checkpoint dir, or auto
     "trainer.progress": one_of("auto", "bar", "log", "off"),
+    "trainer.strategy": one_of("auto", "ddp", "fsdp"),
 
     # device/
     "device.name": one_of("auto", "cpu", "cuda", "mps"),

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -218,6 +219,14 @@ def cli_process(tmp_path, cli_env) -> ProcessCLI:
 @pytest.fixture(scope="session")
 def session_cli(tmp_path_factory, cli_env) -> InProcessCLI:
     return InProcessCLI(tmp_path_factory.mktemp("work"), cli_env)
+
+
+def torchrun(cli_process: ProcessCLI, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=N -m bigmodel_cli ARGS...` (gloo on CPU)."""
+    launcher = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    return subprocess.run([launcher, "--standalone", f"--nproc_per_node={nproc}", "-m",
+                           "bigmodel_cli", *args], cwd=cli_process.cwd, env=cli_process.env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def run_dir_of(result, cwd: Path) -> Path:

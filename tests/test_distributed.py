@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_json
+from conftest import read_json, torchrun
 from safetensors.torch import load_file
 
 # No dropout: the two runs then compute the same function on the same global batches.
 ARGS = ("model=lstm", "model.embedding_dim=16", "model.hidden_size=16", "model.dropout=0.0",
         "trainer=debug", "trainer.max_steps=10", "trainer.batch_size=32", "trainer.eval_every_steps=5")
-
-
-def _torchrun(cli_process, *args: str) -> subprocess.CompletedProcess:
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    return subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "bigmodel_cli",
-                           *args], cwd=cli_process.cwd, env=cli_process.env, capture_output=True,
-                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +52,7 @@ def _only_run(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(cli_process, one_process_run):
-    result = _torchrun(cli_process, "finetune", *ARGS)
+    result = torchrun(cli_process, "finetune", *ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_one_world_of_two(_only_run(Path(cli_process.cwd, "outputs", "finetune")),
                              one_process_run)
@@ -100,8 +93,8 @@ def test_a_submitit_job_of_two_tasks_is_one_world(cli_process, one_process_run):
 
 
 @pytest.mark.slow
-def test_sparse_models_are_refused_under_torchrun(cli_process):
-    result = _torchrun(cli_process, "finetune", "model=fasttext", "model.ngram_buckets=1000",
+def test_sparse_models_are_refused_undertorchrun(cli_process):
+    result = torchrun(cli_process, "finetune", "model=fasttext", "model.ngram_buckets=1000",
                        "trainer=debug")
     # Each rank exits 2 (a config error); torchrun itself reports a failed worker with 1.
     assert result.returncode == 1, result.stderr[-3000:]

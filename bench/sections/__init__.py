@@ -21,6 +21,7 @@ from sections import (
     overhead,
     recsys,
     resume,
+    scale_fsdp,
     serve,
     startup,
     sweep,
@@ -28,6 +29,6 @@ from sections import (
     transfer,
 )
 
-MODULES = (startup, overhead, lstm_profile, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
-           recsys, audio, serve, export)
+MODULES = (startup, overhead, lstm_profile, training, sweep, resume, ddp, scale_fsdp, transfer,
+           gpt, hf, images_tables, recsys, audio, serve, export)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}

@@ -19,14 +19,13 @@ log = logging.getLogger("bigmodel")
 def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     """Train as configured; returns the summary written to metrics.json."""
     from bigmodel_cli.engine import loggers
-    from bigmodel_cli.engine.checkpoint import load_weights
     from bigmodel_cli.engine.runtime import seed_everything
     from bigmodel_cli.engine.strategy import Strategy
     from bigmodel_cli.runs import record_invocation
 
     started = time.time()
-    strategy = Strategy.from_environment()
     cfg, resume = _resume_point(cfg, run_dir)
+    strategy = Strategy.from_environment(cfg.trainer.strategy)
     if strategy.is_main:
         record_invocation(run_dir, resumed=resume is not None)
     settings, device = _settings_and_device(cfg, strategy)
@@ -35,15 +34,16 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     source, model_cfg, prepared = _prepare_data(cfg, run_dir, task, strategy)
     model = _build_model(cfg, task, model_cfg, prepared, source, run_dir, strategy).to(device)
     logger = loggers.build(cfg, run_dir, enabled=strategy.is_main,  # metrics.jsonl + logger/
-                           resumed_from=None if resume is None else resume[0].parent.parent)
+                           resumed_from=None if resume is None else resume.parent.parent)
     trainer = _trainer(cfg, command, run_dir, task, model, model_cfg, prepared, settings,
                        device, strategy, logger)
-    if resume is not None:
-        load_weights(trainer.model, resume[0])
+    resume_state = None if resume is None else strategy.restore(
+        resume, trainer.model, trainer.optimizers)
     with logger.closed_on_error():
         fit = trainer.fit(_batches(cfg, prepared, "train"), _batches(cfg, prepared, "validation"),
-                          None if resume is None else resume[1])
+                          resume_state)
     strategy.barrier()  # rank 0 has written its checkpoints
+    memory = strategy.memory(trainer.model, trainer.optimizers)  # collective
     if not strategy.is_main:
         return {"paused": fit["paused"], "steps": fit["steps"], "rank": strategy.rank}
     if fit["paused"]:
@@ -56,6 +56,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     test_metrics = _score_test(cfg, trainer, prepared, run_dir)
     summary = _summary(cfg, command, run_dir, task, prepared, fit, test_metrics, trainer,
                        strategy, started)
+    summary["memory_per_rank"] = memory
     from bigmodel_cli.jsonfiles import write_json
 
     write_json(run_dir / "metrics.json", summary)
@@ -67,16 +68,15 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     return summary
 
 
-def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, tuple | None]:
-    """With trainer.resume: the run's own config and (checkpoint dir, training state)."""
-    from bigmodel_cli.engine.checkpoint import load_state, read_meta
+def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path | None]:
+    """With trainer.resume: the run's own config and the checkpoint to resume from."""
+    from bigmodel_cli.engine.checkpoint import read_meta
     from bigmodel_cli.runs import resume_checkpoint
 
     if not cfg.trainer.resume:
         return cfg, None
     ckpt_dir = resume_checkpoint(cfg.trainer.resume, run_dir)
-    cfg = _config_to_resume(cfg, read_meta(ckpt_dir), run_dir)
-    return cfg, (ckpt_dir, load_state(ckpt_dir))
+    return _config_to_resume(cfg, read_meta(ckpt_dir), run_dir), ckpt_dir
 
 
 def _settings_and_device(cfg: DictConfig, strategy):
@@ -141,9 +141,11 @@ def _trainer(cfg: DictConfig, command: str, run_dir: Path, task, model, model_cf
     from bigmodel_cli.engine.runtime import versions
     from bigmodel_cli.engine.trainer import Trainer
 
+    # Wrapped first: FSDP replaces the parameters by their shards, which the optimizers update.
+    wrapped = strategy.wrap(model, device, compile=cfg.device.compile,
+                            precision=cfg.device.precision)
     optimizers = build_optimizers(model, build(cfg.optimizer, "optimizer"), cfg.optimizer,
                                   head_lr_mult=cfg.model.head_lr_mult)
-    wrapped = strategy.wrap(model, device, compile=cfg.device.compile)
     log.info("model: %s, %s parameters", cfg.model._target_.rsplit(".", 1)[-1],
              f"{count_parameters(model):,}")
     num_labels = len(prepared.label_names)
@@ -171,14 +173,14 @@ def _batches(cfg: DictConfig, prepared, split: str):
 
 def _score_test(cfg: DictConfig, trainer, prepared, run_dir: Path) -> dict | None:
     """The best checkpoint on the test split (when the data has one), logged as a record."""
-    from bigmodel_cli.engine.checkpoint import load_weights, unwrap
     from bigmodel_cli.engine.plots import training_curves
     from bigmodel_cli.engine.trainer import evaluate
 
     test_metrics = None
     if "test" in prepared.splits:
-        load_weights(trainer.model, run_dir / "checkpoints" / "best")
-        test_metrics = evaluate(unwrap(trainer.model), trainer.task,
+        best = trainer.strategy.best_model(trainer.model, run_dir / "checkpoints" / "best",
+                                           trainer.device)
+        test_metrics = evaluate(best, trainer.task,
                                 _batches(cfg, prepared, "test"), trainer.device,
                                 trainer.new_metrics(), precision=trainer.settings.precision)
         trainer.logger.log_metrics({"split": "test", "step": trainer.step,
@@ -206,6 +208,7 @@ def _summary(cfg: DictConfig, command: str, run_dir: Path, task, prepared, fit: 
         "train_time_s": round(fit["train_time_s"], 3),
         "samples_per_s": round(fit["samples_per_s"] * world_size, 1),
         "tokens_per_s": round(fit["tokens_per_s"] * world_size, 1), "world_size": world_size,
+        "strategy": strategy.name,
         "total_time_s": round(time.time() - started, 3),
         "parameters": count_parameters(trainer.model),
         "device": str(trainer.device), "seed": cfg.seed, "versions": versions(),
@@ -225,6 +228,8 @@ def _config_to_resume(cfg: DictConfig, meta: dict, run_dir: Path) -> DictConfig:
     if "config" not in meta:
         raise UsageError("this checkpoint has no saved config; it cannot be resumed")
     saved = OmegaConf.create(meta["config"])
+    if "strategy" not in saved.trainer:  # saved before the key existed: it trained as auto
+        saved.trainer.strategy = "auto"
     for key in RESUME_FROM_COMMAND_LINE:  # how this invocation runs, not what it trains
         saved.trainer[key] = cfg.trainer[key]
     from hydra.core.hydra_config import HydraConfig

@@ -3,7 +3,10 @@
 A checkpoint is a directory. It is written under a temporary name and renamed into place,
 so an interrupted write never leaves a half-written `last/` or `best/`. Weights come from
 the unwrapped module (no `module.` / `_orig_mod.` prefixes). `state.pt` holds only tensors
-and plain Python values, so it loads with `torch.load(weights_only=True)`.
+and plain Python values, so it loads with `torch.load(weights_only=True)`. Under
+trainer.strategy=fsdp, `last/` keeps the weights and optimizer tensors in `sharded/`
+(torch.distributed.checkpoint, one file per rank; engine/fsdp.py) instead of
+`model.safetensors`; `load_weights` reads either into a plain module.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from bigmodel_cli.errors import UsageError
 from bigmodel_cli.jsonfiles import write_json
 
 WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
+SHARDED = "sharded"  # trainer.strategy=fsdp: last/'s weights and optimizer state (DCP)
 ALLOWED_TARGET_PREFIXES = ("bigmodel_cli.",)
 
 
@@ -35,23 +40,41 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_checkpoint(directory: Path, model: nn.Module, meta: dict,
+def save_checkpoint(directory: Path, model: nn.Module | dict, meta: dict,
                     state: dict | None = None) -> None:
-    from safetensors.torch import save_model
+    """`model`: a module, or its full state dict (gathered from shards)."""
+    from safetensors.torch import save_file, save_model
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    tmp = staging_dir(directory)
+    if isinstance(model, nn.Module):
+        save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    else:
+        save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt"})
     write_json(tmp / META, meta)
     if state is not None:
         torch.save(state, tmp / STATE)
-    for f in tmp.iterdir():  # data on disk before the rename makes it visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    publish(tmp, directory)
+
+
+def staging_dir(directory: Path) -> Path:
+    """An empty temporary sibling of `directory` to write a checkpoint into."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def publish(tmp: Path, directory: Path) -> None:
+    """Make the finished `tmp` the checkpoint `directory`: its data on disk first, then two
+    renames (a crash between them leaves the previous copy as `.NAME.old-PID`)."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     if directory.exists():
         os.replace(directory, old)
     os.replace(tmp, directory)
@@ -60,14 +83,16 @@ def save_checkpoint(directory: Path, model: nn.Module, meta: dict,
 
 def resolve_checkpoint(run_or_ckpt: Path, ckpt: str = "best") -> Path:
     """A checkpoint directory from a run dir (+ `best`/`last`) or a checkpoint dir itself."""
+    from bigmodel_cli.runs import has_weights, is_checkpoint
+
     path = Path(run_or_ckpt).expanduser()
     if not path.exists():
         raise UsageError(f"run={path}: no such directory")
-    if (path / WEIGHTS).is_file():
+    if has_weights(path):
         return path
     if ckpt not in ("best", "last"):
         candidate = Path(ckpt).expanduser()
-        if (candidate / WEIGHTS).is_file():
+        if has_weights(candidate):
             return candidate
         raise UsageError(f"ckpt={ckpt}: not a checkpoint directory (no {WEIGHTS}); "
                          "use best, last or a checkpoint directory")
@@ -76,11 +101,11 @@ def resolve_checkpoint(run_or_ckpt: Path, ckpt: str = "best") -> Path:
         raise UsageError(f"run={path}: not a run directory (no checkpoints/ in it); give the "
                          "directory a finetune run printed at its end, e.g. outputs/finetune/<date>/<time>")
     target = folder / ckpt
-    if (target / WEIGHTS).is_file():
+    if has_weights(target):
         return target
     # A crash between the two renames of save_checkpoint leaves only the previous copy.
     for leftover in sorted(folder.glob(f".{ckpt}.old-*")):
-        if (leftover / WEIGHTS).is_file() and (leftover / META).is_file():
+        if is_checkpoint(leftover):
             return leftover
     raise UsageError(f"run={path}: no {ckpt} checkpoint in {folder} "
                      f"(found: {', '.join(p.name for p in folder.iterdir()) or 'nothing'})")
@@ -122,6 +147,9 @@ def load_weights(model: nn.Module, directory: Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    if not (directory / WEIGHTS).is_file() and (directory / SHARDED).is_dir():
+        load_sharded_weights(unwrap(model), directory)
+        return
     try:
         missing, unexpected = load_model(unwrap(model), str(directory / WEIGHTS), strict=False)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -129,6 +157,21 @@ def load_weights(model: nn.Module, directory: Path) -> None:
     if missing or unexpected:
         raise UsageError(f"{directory / WEIGHTS}: weights do not fit the model "
                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+
+
+def load_sharded_weights(model: nn.Module, directory: Path) -> None:
+    """The full weights of an FSDP `last/` checkpoint into a plain module, on one process
+    (DCP reads every rank's shard)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    try:
+        with warnings.catch_warnings():  # that one process reads it all is the intent here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=directory / SHARDED, no_dist=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"{directory / SHARDED}: corrupt or incompatible weights ({exc})") from None
+    model.load_state_dict(state["model"])
 
 
 def load_state(directory: Path) -> dict | None:

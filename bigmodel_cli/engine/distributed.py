@@ -8,8 +8,10 @@ processes compute the same update as one process with the same batch size and se
 Only rank 0 writes the run directory, logs to its file, and saves checkpoints; all ranks
 use the run directory rank 0 chose.
 
-Models that do not fit one device: the route is FSDP (torch.distributed.fsdp), wrapping the
-model instead of DDP; it is not wired in yet.
+Models that do not fit one device: `trainer.strategy=fsdp` shards the parameters, gradients
+and optimizer state over the ranks instead of replicating them (FSDP2's `fully_shard`,
+engine/fsdp.py), with sharded `last/` checkpoints (torch.distributed.checkpoint) that resume
+on any number of ranks, and a full `best/` that every single-process command reads.
 """
 
 from __future__ import annotations
@@ -51,14 +53,18 @@ def adopt_submitit_tasks() -> bool:
 
 
 def init() -> None:
-    """Initialise the default process group once (CPU tensors on gloo, CUDA ones on NCCL)."""
+    """Initialise the default process group once (CPU tensors on gloo, CUDA ones on NCCL).
+    Without torchrun: a group of this process alone (FSDP over one rank)."""
     import torch
     import torch.distributed as dist
 
     if dist.is_initialized():
         return
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    if is_distributed() or "MASTER_ADDR" in os.environ:
+        dist.init_process_group(backend=backend)
+    else:
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if torch.cuda.is_available():
         # Modulo: where the scheduler already shows each task only its own GPU (SLURM's
         # per-task GPU binding), local rank 3 must use device 0, not fail.
@@ -71,9 +77,7 @@ def shared_timestamp() -> str:
     import torch.distributed as dist
 
     init()
-    value = [time.strftime("%Y-%m-%d/%H-%M-%S") if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(value, src=0)
-    return value[0]
+    return broadcast(time.strftime("%Y-%m-%d/%H-%M-%S") if dist.get_rank() == 0 else None)
 
 
 def cli_overrides(command: str, args: list[str]) -> list[str]:
@@ -89,6 +93,24 @@ def cli_overrides(command: str, args: list[str]) -> list[str]:
                   "hydra.job_logging.root.level=WARNING",
                   "hydra.job_logging.loggers.bigmodel.level=WARNING"]
     return extra
+
+
+def broadcast(value):
+    """Rank 0's `value` (any picklable object), on every rank."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_object(value) -> list:
+    """Every rank's `value`, in rank order, on every rank."""
+    import torch.distributed as dist
+
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def all_reduce_max(values: list[float]) -> list[float]:

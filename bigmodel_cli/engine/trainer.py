@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from bigmodel_cli.engine.checkpoint import save_checkpoint
 from bigmodel_cli.engine.loggers import Logger, Loggers, MetricsJsonl
 from bigmodel_cli.engine.progress import Progress, choose_mode
 from bigmodel_cli.engine.runtime import restore_rng_state, rng_state
@@ -172,7 +171,7 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything besides the weights that an exact resume needs (weights_only-safe)."""
-        return {"optimizers": [o.state_dict() for o in self.optimizers],
+        return {"optimizers": self.strategy.optimizer_states(self.model, self.optimizers),
                 "schedulers": [s.state_dict() for s in self.schedulers],
                 "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
                 "best": self.best, "best_metrics": self.best_metrics, "best_step": self.best_step,
@@ -182,8 +181,7 @@ class Trainer:
                 "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
+        self.strategy.load_optimizer_states(self.model, self.optimizers, state["optimizers"])
         for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(saved)
         for key in ("step", "epoch", "batches_done", "best", "best_metrics", "best_step",
@@ -225,11 +223,9 @@ class Trainer:
     def _save(self, name: str, metrics: dict | None, with_state: bool) -> None:
         meta = {**self.checkpoint_meta, "epoch": self.epoch, "step": self.step,
                 "metrics": metrics, "monitor": self.settings.monitor, "best": self.best}
-        model = self.strategy.full_model(self.model)  # collective: every rank takes part
-        if not self.is_main:
-            return
         state = self.state_dict() if with_state else None
-        save_checkpoint(self.run_dir / "checkpoints" / name, model, meta, state)
+        # Collective: every rank takes part (FSDP gathers or writes shards), rank 0 writes.
+        self.strategy.save(self.run_dir / "checkpoints" / name, self.model, meta, state)
 
     def _validate(self, validation: Any, progress: Progress) -> bool:
         """Evaluate, log, keep best/last checkpoints. Returns True when training should stop."""

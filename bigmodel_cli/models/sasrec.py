@@ -17,6 +17,7 @@ from bigmodel_cli.models.transformer import TransformerStack, init_weights
 
 class SASRec(nn.Module):
     inputs = ("history",)
+    tied_embeddings = ("item",)  # read by `logits` too: FSDP keeps it with the root
 
     def __init__(self, num_items: int, max_len: int = 200, d_model: int = 64, n_layers: int = 2,
                  n_heads: int = 2, d_ff: int = 256, dropout: float = 0.2) -> None:

@@ -30,6 +30,8 @@ IGNORE = -100
 class LanguageModel(nn.Module):
     """encoder -> (dense -> GELU -> LayerNorm, for BERT) -> tied output projection."""
 
+    tied_embeddings = ("encoder.tok_emb",)  # read by `logits` too: FSDP keeps it with the root
+
     def __init__(self, encoder: nn.Module, transform: bool) -> None:
         super().__init__()
         self.encoder = encoder
