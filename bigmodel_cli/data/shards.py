@@ -73,7 +73,8 @@ class _ShardWriter:
                 self.shards.append(f"{self.split}-{len(self.shards):05d}.bin")
                 self.sizes.append(0)
                 self.file = open(self.folder / self.shards[-1], "wb")
-            part, ids = ids[:self.shard_tokens - self.sizes[-1]], ids[self.shard_tokens - self.sizes[-1]:]
+            room = self.shard_tokens - self.sizes[-1]
+            part, ids = ids[:room], ids[room:]
             part.astype(self.dtype).tofile(self.file)
             self.sizes[-1] += len(part)
             if self.sizes[-1] == self.shard_tokens:

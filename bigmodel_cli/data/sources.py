@@ -281,6 +281,9 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
             files_read = [*(p for found in present.values() for p in found),
                           *([labels_file] if labels_file else [])]
             source, found_in = f"{folder} ({how})", folder
+            if all(Path(f).is_absolute() for f in files.values()):  # the folder played no part
+                found_in = Path(os.path.commonpath([p.parent for ps in present.values() for p in ps]))
+                source = f"{found_in} (absolute paths)"
             break
         if up is not None and (folder / up.files.train).is_file():
             raw, label_names, files_read = _load_upstream_layout(data_cfg, folder)

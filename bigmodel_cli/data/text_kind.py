@@ -87,8 +87,8 @@ def _batches_factory(cfg: DictConfig, ctx: DataContext):
     def make(data, batch_size: int, train: bool):
         kind = BlockBatches if isinstance(data, PackedBlocks) else TextBatches
         return kind(data, batch_size, shuffle=train, seed=ctx.seed,
-                           bucket_by_length=cfg.trainer.bucket_by_length,
-                           rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
+                    bucket_by_length=cfg.trainer.bucket_by_length,
+                    rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
     return make
 
 
@@ -119,24 +119,28 @@ def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
     if not ctx.is_main:  # rank 0 tokenizes and fills the cache; the others then read it
         distributed.barrier()
     if encoding["pack"]:  # token shards, read through memory maps
-        tokenizer, streams = tokenize_to_shards(
+        tokenizer, tokenized = tokenize_to_shards(
             data.splits, data.files, {**selection, "encoding": encoding}, ctx.cache_dir,
             cfg.data.tokenizer, tokenizer=given, add_special_tokens=ctx.add_special_tokens)
-        splits = {split: packed_split(stream, encoding, _max_samples(ctx, split), ctx.seed)
-                  for split, stream in streams.items()}
     else:  # texts cut to the longest a row may be, held in memory
-        tokenizer, encoded = tokenize_splits(
+        tokenizer, tokenized = tokenize_splits(
             data.splits, data.files, selection, ctx.cache_dir, cfg.data.tokenizer,
             encoding["max_length"] + encoding["overlap"], tokenizer=given,
             add_special_tokens=ctx.add_special_tokens)
-        sep_id = tokenizer.token_to_id(SEP)
-        splits = {split: to_split(ids, labels, encoding, sep_id, task.needs_labels,
-                                  _max_samples(ctx, split), ctx.seed)
-                  for split, (ids, labels) in encoded.items()}
     if ctx.is_main:
         distributed.barrier()  # a no-op outside torchrun
         tokenizer.save(str(run_dir / "tokenizer.json"))
         write_json(run_dir / "labels.json", data.label_names)
+    sep_id = tokenizer.token_to_id(SEP)
+
+    def split_of(split: str, made):
+        if encoding["pack"]:
+            return packed_split(made, encoding, _max_samples(ctx, split), ctx.seed)
+        ids, labels = made
+        return to_split(ids, labels, encoding, sep_id, task.needs_labels,
+                        _max_samples(ctx, split), ctx.seed)
+
+    splits = {split: split_of(split, made) for split, made in tokenized.items()}
     if encoding["pack"]:
         log.info("packed into blocks of %d tokens: %s",
                  encoding["max_length"] + encoding["overlap"],
