@@ -297,7 +297,7 @@ KEYS: dict[str, Spec] = {
     "data.loader": one_of("parquet", "sklearn_digits", "folder", "files", "sklearn_diabetes",
                           "movielens", "file", "manifest"),
     "data.path": string(null=True),
-    "data.files.*": string(null=True),                 # split -> file name
+    "data.files.*": string(null=True),                 # split -> file name (text: or a glob)
     "data.labels_file": string(null=True),
     "data.text_column": string(),
     "data.label_column": string(null=True),            # null: unlabeled text
@@ -338,6 +338,7 @@ KEYS: dict[str, Spec] = {
     "data.tokenizer.vocab_size": COUNT,
     "data.tokenizer.min_frequency": integer(ge=0),
     "data.tokenizer.lowercase": BOOL,
+    "data.tokenizer.sample_texts": integer(ge=1, null=True),   # null: every train text
     "data.target": string(),
     "data.features": list_of(string(), null=True),     # null: every column but the target
     "data.categorical": list_of(string(), null=True),

@@ -21,6 +21,7 @@ from sections import (
     overhead,
     recsys,
     resume,
+    scale_corpus,
     scale_fsdp,
     serve,
     startup,
@@ -29,6 +30,6 @@ from sections import (
     transfer,
 )
 
-MODULES = (startup, overhead, lstm_profile, training, sweep, resume, ddp, scale_fsdp, transfer,
-           gpt, hf, images_tables, recsys, audio, serve, export)
+MODULES = (startup, overhead, lstm_profile, training, sweep, resume, ddp, scale_fsdp,
+           scale_corpus, transfer, gpt, hf, images_tables, recsys, audio, serve, export)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}

@@ -9,6 +9,7 @@ When none has it, the error lists every place looked at and how to provide the f
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import logging
 import os
@@ -55,7 +56,22 @@ def candidate_dirs(data_cfg: DictConfig) -> list[tuple[str, Path]]:
     if env:
         places.append(("$BIGMODEL_DATA_DIR", Path(env).expanduser() / data_cfg.name))
     places.append(("./data", Path("data") / data_cfg.name))
+    if not data_cfg.path:  # your own files, named relative to where you run the command
+        places.append(("the current directory", Path(".")))
     return places
+
+
+def matching_files(folder: Path, name: str) -> list[Path]:
+    """The files `name` stands for in `folder`: that file, or every file a glob (`*`, `?`,
+    `[...]`; `**` for any depth) matches, sorted; [] when there is none."""
+    if not any(c in name for c in "*?["):
+        return [folder / name] if (folder / name).is_file() else []
+    return sorted(p for p in map(Path, glob.glob(str(folder / name), recursive=True))
+                  if p.is_file())
+
+
+def _wanted(names) -> str:
+    return ", ".join(f"files matching {n}" if any(c in n for c in "*?[") else n for n in names)
 
 
 def _file_format(path: Path) -> str:
@@ -67,39 +83,37 @@ def _file_format(path: Path) -> str:
     return fmt
 
 
-def _load_files(files: dict[str, Path], *, headerless_tsv: tuple[str, str] | None = None,
-                sample_by: str | None = None) -> dict:
-    """Load split -> file with `datasets`; all files of one call share a format. With
-    `sample_by` (line | paragraph | document), .txt files are plain text, read into a `text`
-    column one line / paragraph / whole file per row."""
+def _load_files(files: dict[str, Path | list[Path]], *,
+                headerless_tsv: tuple[str, str] | None = None, sample_by: str | None = None) -> dict:
+    """Load split -> file (or files, read in order as one split) with `datasets`; all files
+    of one call share a format. With `sample_by` (line | paragraph | document), .txt files
+    are plain text, read into a `text` column one line / paragraph / whole file per row."""
     import datasets
 
     datasets.disable_progress_bars()
-    first = next(iter(files.values()))
+    lists = {s: [str(p) for p in (v if isinstance(v, list) else [v])] for s, v in files.items()}
+    names = ", ".join(name for names in lists.values() for name in names)
+    first = Path(next(iter(lists.values()))[0])
     if sample_by and ".txt" in first.suffixes:
         try:
-            loaded = datasets.load_dataset("text", data_files={k: str(v) for k, v in files.items()},
-                                           sample_by=sample_by)
+            loaded = datasets.load_dataset("text", data_files=lists, sample_by=sample_by)
         except Exception as exc:
-            raise UsageError(f"could not read {', '.join(map(str, files.values()))}: {exc}") from None
+            raise UsageError(f"could not read {names}: {exc}") from None
         return dict(loaded)
     if headerless_tsv:
         kwargs: dict[str, Any] = dict(delimiter="\t", column_names=list(headerless_tsv),
                                       quoting=csv.QUOTE_NONE, keep_default_na=False)
         fmt = "csv"
     else:
-        fmt = _file_format(next(iter(files.values())))
+        fmt = _file_format(first)
         kwargs = {}
         if fmt == "csv":
-            first = next(iter(files.values()))
             delimiter = "\t" if ".tsv" in first.suffixes else ","
             kwargs = dict(delimiter=delimiter, keep_default_na=False)
     try:
-        loaded = datasets.load_dataset(
-            fmt, data_files={split: str(path) for split, path in files.items()}, **kwargs
-        )
+        loaded = datasets.load_dataset(fmt, data_files=lists, **kwargs)
     except Exception as exc:  # unreadable or malformed files
-        raise UsageError(f"could not read {', '.join(map(str, files.values()))}: {exc}") from None
+        raise UsageError(f"could not read {names}: {exc}") from None
     return dict(loaded)
 
 
@@ -252,26 +266,30 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
                    Path(data_cfg.path or ".").expanduser())]
     up = data_cfg.upstream
     for how, folder in places:
-        files = {s: folder / f for s, f in data_cfg.files.items() if f}
-        present = {s: p for s, p in files.items() if p.is_file()}
+        files = {s: f for s, f in data_cfg.files.items() if f}
+        present = {s: found for s, f in files.items() if (found := matching_files(folder, f))}
         if "train" in present or (data_cfg.resplit_from and data_cfg.resplit_from in present):
             raw = _load_files(present, sample_by=data_cfg.sample_by)
             for split, ds in raw.items():
                 raw[split] = _normalise(ds, data_cfg.text_column, data_cfg.label_column,
-                                        str(present[split]))
+                                        ", ".join(map(str, present[split])))
             labels_file = folder / data_cfg.labels_file if data_cfg.labels_file else None
             if labels_file is not None and not labels_file.is_file():
                 raise UsageError(f"{labels_file}: label names file not found "
                                  "(set data.labels_file=null to infer the names from train)")
             label_names = _read_label_names(labels_file) if labels_file else None
-            files_read = [*present.values(), *([labels_file] if labels_file else [])]
+            files_read = [*(p for found in present.values() for p in found),
+                          *([labels_file] if labels_file else [])]
             source, found_in = f"{folder} ({how})", folder
+            if all(Path(f).is_absolute() for f in files.values()):  # the folder played no part
+                found_in = Path(os.path.commonpath([p.parent for ps in present.values() for p in ps]))
+                source = f"{found_in} (absolute paths)"
             break
         if up is not None and (folder / up.files.train).is_file():
             raw, label_names, files_read = _load_upstream_layout(data_cfg, folder)
             source, found_in = f"{folder} ({how}, upstream layout)", folder
             break
-        wanted = ", ".join(p.name for p in files.values()) if files else "(no files configured)"
+        wanted = _wanted(files.values()) if files else "(no files configured)"
         if up is not None:
             wanted += f" -- or {', '.join(up.files.values())}"
         looked.append(f"{how}: {folder} -- no {wanted} there" if folder.is_dir()
@@ -302,7 +320,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
                 looked.append(f"the Hub ({data_cfg.hub.id}): failed ({type(exc).__name__}: {str(exc)[:200]})")
     if raw is None:
         what = data_cfg.name or "the data files"
-        wanted = ", ".join(f for f in data_cfg.files.values() if f)
+        wanted = _wanted(f for f in data_cfg.files.values() if f)
         columns = ",".join(c for c in (data_cfg.text_column, data_cfg.label_column) if c)
         how_to = (f"put {wanted} (column{'s' if ',' in columns else ''} {columns})"
                   + (f" and {data_cfg.labels_file}" if data_cfg.labels_file else "")

@@ -127,17 +127,26 @@ def cut_to_length(ids: list[list[int]], max_length: int | None,
     return [i[:max_length] for i in ids], truncated
 
 
+def token_stream(ids: list[list[int]], separator: int) -> np.ndarray:
+    """The texts' ids concatenated, each text followed by `separator` (int64)."""
+    return np.fromiter((t for seq in ids for t in (*seq, separator)), dtype=np.int64)
+
+
+def block_starts(tokens: int, block_size: int, stride: int) -> range:
+    """Where the packed blocks of a stream of `tokens` ids start (see pack_blocks)."""
+    return range(0, max(tokens - (block_size - stride), 1), stride)
+
+
 def pack_blocks(ids: list[list[int]], block_size: int, separator: int, stride: int) -> list[list[int]]:
     """Concatenate the texts, each followed by `separator`, and cut the stream into blocks
     of `block_size` tokens that start every `stride` tokens (the last one may be shorter).
     A causal LM uses stride = block_size - 1, so the token that ends one block starts the
     next and every token is predicted exactly once."""
-    stream = np.fromiter((t for seq in ids for t in (*seq, separator)), dtype=np.int64)
+    stream = token_stream(ids, separator)
     if len(ids) == 1:  # one document (a whole book): no separator after it
         stream = stream[:-1]
-    overlap = block_size - stride
     return [stream[s:s + block_size].tolist()
-            for s in range(0, max(len(stream) - overlap, 1), stride)]
+            for s in block_starts(len(stream), block_size, stride)]
 
 
 def to_tensors(ids: list[list[int]] | "pyarrow.ListArray", labels=None) -> EncodedSplit:  # noqa: F821
@@ -153,6 +162,60 @@ def to_tensors(ids: list[list[int]] | "pyarrow.ListArray", labels=None) -> Encod
         lengths=torch.from_numpy(lengths),
         labels=None if labels is None else torch.tensor(np.asarray(labels), dtype=torch.long),
     )
+
+
+def fit_tokenizer(train, cfg, seed: int):
+    """The tokenizer trained on the `text` column of the train split (a `datasets.Dataset`),
+    streamed in chunks rather than held as one list. With data.tokenizer.sample_texts, on a
+    seeded random sample of that many texts: a corpus too large to hold needs no more to
+    learn its vocabulary."""
+    from bigmodel_cli.data import splits as splitting
+
+    keep = splitting.sample(len(train), cfg.sample_texts, seed)
+    sample = train if keep is None else train.select(keep)
+    tokenizer = train_tokenizer(iter_texts(sample), cfg)
+    log.info("tokenizer: trained %s on %d train texts%s, vocabulary %d", cfg.kind, len(sample),
+             "" if keep is None else f" (a sample of {len(train)})", tokenizer.get_vocab_size())
+    return tokenizer
+
+
+def iter_texts(ds, chunk: int = 10_000):
+    """The `text` column of a `datasets.Dataset`, chunk by chunk (lists of str)."""
+    for batch in ds.iter(batch_size=chunk):
+        yield batch["text"]
+
+
+def cache_folder(cache_dir: Path, what: str, files: list[Path], settings: dict,
+                 always: bool = False) -> Path | None:
+    """The cache folder of data made from `files` with `settings`. Without local files (the
+    Hub), None, unless `always`: then it is keyed by the settings alone."""
+    return cache_dir / what / _cache_key(files, settings) if files or always else None
+
+
+def fill_cache(folder: Path, write) -> None:
+    """Write a cache folder atomically: `write(tmp)` fills a temporary folder, which is then
+    renamed into place with a `done` marker, so an interrupted run never leaves a half
+    cache that a later one would use."""
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (tmp / "done").write_text("ok\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    log.info("%s: cached in %s", folder.parent.name, folder)
+
+
+def cache_settings(settings: dict, tokenizer_cfg, tokenizer, **more) -> dict:
+    """The cache key's settings: `settings` and the tokenizer (its config when it is trained
+    here, else a hash of the given one), besides what `more` adds."""
+    return {**settings, "version": CACHE_VERSION, **more,
+            "tokenizer": dict(tokenizer_cfg) if tokenizer is None else
+            hashlib.sha256(tokenizer.to_str().encode()).hexdigest()}
 
 
 def _cache_key(files: list[Path], settings: dict) -> str:
@@ -175,12 +238,9 @@ def tokenize_splits(splits: dict, files: list[Path], settings: dict, cache_dir: 
     """
     import datasets
 
-    extra = {"max_length": max_length, "version": CACHE_VERSION,
-             "tokenizer": dict(tokenizer_cfg) if tokenizer is None else
-             hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
-             "special": add_special_tokens}
-    key = _cache_key(files, {**settings, **extra}) if files else None
-    folder = cache_dir / "tokenized" / key if key else None
+    key_settings = cache_settings(settings, tokenizer_cfg, tokenizer, max_length=max_length,
+                                  special=add_special_tokens)
+    folder = cache_folder(cache_dir, "tokenized", files, key_settings)
     if folder is not None and (folder / "done").is_file():
         log.info("tokenized splits: loaded from cache %s (no tokenization)", folder)
         tokenizer = load_tokenizer(folder / "tokenizer.json")
@@ -192,10 +252,7 @@ def tokenize_splits(splits: dict, files: list[Path], settings: dict, cache_dir: 
         return tokenizer, encoded
 
     if tokenizer is None:
-        tokenizer = train_tokenizer(splits["train"]["text"], tokenizer_cfg)
-        log.info("tokenizer: trained %s on %d train texts, vocabulary %d",
-                 tokenizer_cfg.kind, len(splits["train"]),
-                 tokenizer.get_vocab_size())
+        tokenizer = fit_tokenizer(splits["train"], tokenizer_cfg, settings["seed"])
     encoded = {}
     for split, ds in splits.items():
         ids, truncated = encode_texts(tokenizer, ds["text"], max_length, add_special_tokens)
@@ -204,10 +261,8 @@ def tokenize_splits(splits: dict, files: list[Path], settings: dict, cache_dir: 
                      split, truncated, len(ids), max_length)
         labels = np.asarray(ds["label"]) if "label" in ds.column_names else None
         encoded[split] = (ids, labels)
-    if folder is not None:
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+    def write(tmp: Path) -> None:
         tokenizer.save(str(tmp / "tokenizer.json"))
         for split, (ids, labels) in encoded.items():
             columns = {"input_ids": ids}
@@ -217,8 +272,7 @@ def tokenize_splits(splits: dict, files: list[Path], settings: dict, cache_dir: 
                 features["label"] = datasets.Value("int64")
             datasets.Dataset.from_dict(columns, features=datasets.Features(features)) \
                 .save_to_disk(str(tmp / split))
-        (tmp / "done").write_text("ok\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        log.info("tokenized splits: cached in %s", folder)
+
+    if folder is not None:
+        fill_cache(folder, write)
     return tokenizer, encoded

@@ -4,7 +4,9 @@ Texts are tokenized with a tokenizer trained on train (or a given one: a pretrai
 or a Hugging Face model's), and held in memory as padded id tensors. For language models
 with `data.pack=true`, the texts are concatenated (each ended by [SEP]) and cut into blocks
 of data.max_length tokens (+1 for a causal LM, whose blocks overlap by one token so every
-token is predicted once).
+token is predicted once); in training those blocks are read from memory-mapped token shards
+in the cache (data/shards.py), so a corpus need not fit in memory. Evaluating another
+dataset and predicting encode their texts in memory (`encode`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bigmodel_cli.data.kinds import DataContext, EvalData, Prepared
 from bigmodel_cli.errors import UsageError
 
 log = logging.getLogger("bigmodel.data")
+NO_TEXT = "no text to train or evaluate on: every text is empty"
 
 
 def to_split(ids: list[list[int]], labels, encoding: dict, sep_id: int, labeled: bool,
@@ -32,12 +35,25 @@ def to_split(ids: list[list[int]], labels, encoding: dict, sep_id: int, labeled:
     if encoding["pack"] or not labeled:
         ids = [i for i in ids if i]
         if not ids:
-            raise UsageError("no text to train or evaluate on: every text is empty")
+            raise UsageError(NO_TEXT)
     if encoding["pack"]:
         length = encoding["max_length"]
         blocks = pack_blocks(ids, length + encoding["overlap"], sep_id, stride=length)
         return to_tensors(_at_most(blocks, max_blocks, seed))
     return to_tensors(ids, labels if labeled else None)
+
+
+def packed_split(stream, encoding: dict, max_blocks: int | None = None, seed: int = 0):
+    """The blocks of a split held in token shards: the same blocks as `to_split` packs."""
+    from bigmodel_cli.data import splits
+    from bigmodel_cli.data.shards import PackedBlocks
+    from bigmodel_cli.data.text import block_starts
+
+    if not len(stream):
+        raise UsageError(NO_TEXT)
+    size, stride = encoding["max_length"] + encoding["overlap"], encoding["max_length"]
+    keep = splits.sample(len(block_starts(len(stream), size, stride)), max_blocks, seed)
+    return PackedBlocks(stream, size, stride, keep)
 
 
 def _at_most(blocks: list, n: int | None, seed: int) -> list:
@@ -66,16 +82,19 @@ def _max_samples(ctx: DataContext, split: str) -> int | None:
 
 def _batches_factory(cfg: DictConfig, ctx: DataContext):
     from bigmodel_cli.data.batching import TextBatches
+    from bigmodel_cli.data.shards import BlockBatches, PackedBlocks
 
     def make(data, batch_size: int, train: bool):
-        return TextBatches(data, batch_size, shuffle=train, seed=ctx.seed,
-                           bucket_by_length=cfg.trainer.bucket_by_length,
-                           rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
+        kind = BlockBatches if isinstance(data, PackedBlocks) else TextBatches
+        return kind(data, batch_size, shuffle=train, seed=ctx.seed,
+                    bucket_by_length=cfg.trainer.bucket_by_length,
+                    rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
     return make
 
 
 def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
     from bigmodel_cli.commands.transfer import choose_tokenizer
+    from bigmodel_cli.data.shards import tokenize_to_shards
     from bigmodel_cli.data.sources import load_text_dataset
     from bigmodel_cli.data.text import SEP, load_tokenizer, tokenize_splits
     from bigmodel_cli.engine import distributed
@@ -99,19 +118,29 @@ def prepare(cfg: DictConfig, run_dir: Path, ctx: DataContext, task) -> Prepared:
                  "data": OmegaConf.to_container(cfg.data, resolve=True)}
     if not ctx.is_main:  # rank 0 tokenizes and fills the cache; the others then read it
         distributed.barrier()
-    # Packing needs whole texts; otherwise texts are cut to the longest a row may be.
-    limit = None if encoding["pack"] else encoding["max_length"] + encoding["overlap"]
-    tokenizer, encoded = tokenize_splits(data.splits, data.files, selection, ctx.cache_dir,
-                                         cfg.data.tokenizer, limit, tokenizer=given,
-                                         add_special_tokens=ctx.add_special_tokens)
+    if encoding["pack"]:  # token shards, read through memory maps
+        tokenizer, tokenized = tokenize_to_shards(
+            data.splits, data.files, {**selection, "encoding": encoding}, ctx.cache_dir,
+            cfg.data.tokenizer, tokenizer=given, add_special_tokens=ctx.add_special_tokens)
+    else:  # texts cut to the longest a row may be, held in memory
+        tokenizer, tokenized = tokenize_splits(
+            data.splits, data.files, selection, ctx.cache_dir, cfg.data.tokenizer,
+            encoding["max_length"] + encoding["overlap"], tokenizer=given,
+            add_special_tokens=ctx.add_special_tokens)
     if ctx.is_main:
         distributed.barrier()  # a no-op outside torchrun
         tokenizer.save(str(run_dir / "tokenizer.json"))
         write_json(run_dir / "labels.json", data.label_names)
     sep_id = tokenizer.token_to_id(SEP)
-    splits = {split: to_split(ids, labels, encoding, sep_id, task.needs_labels,
-                              _max_samples(ctx, split), ctx.seed)
-              for split, (ids, labels) in encoded.items()}
+
+    def split_of(split: str, made):
+        if encoding["pack"]:
+            return packed_split(made, encoding, _max_samples(ctx, split), ctx.seed)
+        ids, labels = made
+        return to_split(ids, labels, encoding, sep_id, task.needs_labels,
+                        _max_samples(ctx, split), ctx.seed)
+
+    splits = {split: split_of(split, made) for split, made in tokenized.items()}
     if encoding["pack"]:
         log.info("packed into blocks of %d tokens: %s",
                  encoding["max_length"] + encoding["overlap"],
