@@ -97,6 +97,24 @@ def test_ranking_metrics_on_hand_made_ranks():
     assert rank_of_targets(scores.clone(), torch.tensor([3]), torch.tensor([[0, 0]])).item() == 3
 
 
+def test_next_item_loss_is_the_cross_entropy_over_every_real_position():
+    import torch
+    from torch.nn import functional as F
+
+    from bigmodel_cli.models.sasrec import SASRec
+    from bigmodel_cli.tasks.next_item import NextItemTask
+
+    torch.manual_seed(0)
+    task = NextItemTask()
+    model = task.build_model(SASRec(num_items=7, max_len=4, d_model=8, n_heads=2, d_ff=16,
+                                    dropout=0.0), 0)
+    batch = {"history": torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]]),
+             "targets": torch.tensor([[2, 3, 4, 5], [6, 7, 0, 0]])}
+    full = model.encoder.logits(model(batch))
+    expected = F.cross_entropy(full.flatten(0, 1), batch["targets"].flatten(), ignore_index=0)
+    assert task.loss(task.forward(model, batch), batch).item() == pytest.approx(expected.item())
+
+
 def test_mf_trains_with_sgd_unless_the_command_line_names_an_optimizer():
     from hydra import compose, initialize_config_dir
 

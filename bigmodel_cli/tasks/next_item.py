@@ -78,8 +78,9 @@ class NextItemTask:
     default_top_k = 10
 
     def __init__(self, top_k: int = 10, monitor: str | None = None,
-                 monitor_mode: str = "max") -> None:
+                 monitor_mode: str = "max", label_smoothing: float = 0.0) -> None:
         self.top_k = top_k
+        self.label_smoothing = label_smoothing
         self.monitor = monitor or f"ndcg@{top_k}"
         self.summary_metrics = (f"hr@{top_k}", f"ndcg@{top_k}", "mrr", "loss")
 
@@ -89,15 +90,19 @@ class NextItemTask:
         return NextItemModel(encoder)
 
     def forward(self, model: nn.Module, batch: dict):
-        if "targets" in batch:      # training: every position's next item
-            return {"logits": model.encoder.logits(model(batch))}
+        if "targets" in batch:      # training: every real position's next item
+            # scores only where there is a target: padding would cost a softmax over every
+            # item and add nothing to the loss (a third of the training time on MovieLens)
+            real = batch["targets"] > 0
+            return {"logits": model.encoder.logits(model(batch)[real]),
+                    "targets": batch["targets"][real]}
         scores = model.last_scores(batch)
         return {"scores": scores,
                 "ranks": rank_of_targets(scores.clone(), batch["target"], batch["seen"])}
 
     def loss(self, outputs: dict, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(outputs["logits"].float().flatten(0, 1), batch["targets"].flatten(),
-                               ignore_index=0)
+        return F.cross_entropy(outputs["logits"].float(), outputs["targets"],
+                               label_smoothing=self.label_smoothing)
 
     def eval_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
         return F.cross_entropy(outputs["scores"], batch["target"])
