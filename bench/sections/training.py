@@ -7,9 +7,11 @@ from harness import SMOKE_RUN, Context, failed, run_bigmodel, verdict
 NAMES = ("fasttext", "lstm")
 TITLE = "Training on THUCNews (default settings)"
 PRESETS = {"fasttext": "fasttext_news", "lstm": "lstm_news"}
-# Test accuracy at least `accuracy` with a train time (metrics.json train_time_s) of at most `train_s`.
-TARGETS = {"fasttext": {"accuracy": 0.920, "train_s": 120.0},
-           "lstm": {"accuracy": 0.905, "train_s": 600.0}}
+# Test accuracy at least `accuracy` (above the published fastText's 92.23% and BiLSTM's
+# 91.12% on these splits) within `seconds` of `time`: the whole command's wall time for
+# fastText (tokenization included), the train time (metrics.json train_time_s) for the LSTM.
+TARGETS = {"fasttext": {"accuracy": 0.923, "time": "wall_s", "seconds": 60.0},
+           "lstm": {"accuracy": 0.912, "time": "train_time_s", "seconds": 300.0}}
 
 
 def run(ctx: Context, name: str) -> dict:
@@ -22,8 +24,9 @@ def run(ctx: Context, name: str) -> dict:
     result.update(test_accuracy=m["test"]["accuracy"], test_f1_macro=m["test"]["f1_macro"],
                   best_validation_accuracy=m["best_validation"]["accuracy"])
     t = TARGETS[name]
-    ok = result["test_accuracy"] >= t["accuracy"] and result["train_time_s"] <= t["train_s"]
-    label = f"test accuracy >= {t['accuracy']} with train time <= {t['train_s']:.0f} s"
+    ok = result["test_accuracy"] >= t["accuracy"] and result[t["time"]] <= t["seconds"]
+    what = "wall time" if t["time"] == "wall_s" else "train time"
+    label = f"test accuracy >= {t['accuracy']} with {what} <= {t['seconds']:.0f} s"
     return {**result, "targets": {label: verdict(ok, ctx.smoke)}}
 
 
