@@ -4,6 +4,9 @@ A checkpoint is a directory. It is written under a temporary name and renamed in
 so an interrupted write never leaves a half-written `last/` or `best/`. Weights come from
 the unwrapped module (no `module.` / `_orig_mod.` prefixes). `state.pt` holds only tensors
 and plain Python values, so it loads with `torch.load(weights_only=True)`.
+
+A LoRA run's checkpoint holds only its trainable tensors (adapters and head) and names its
+base in meta.json (see bigmodel_cli/models/lora.py); loading it loads the base first.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(directory: Path, model: nn.Module, meta: dict,
                     state: dict | None = None) -> None:
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
+
+    from bigmodel_cli.models import lora
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +50,11 @@ def save_checkpoint(directory: Path, model: nn.Module, meta: dict,
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    only = lora.tensors_to_save(unwrap(model), meta)
+    if only is None:
+        save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    else:
+        save_file(only, str(tmp / WEIGHTS), metadata={"format": "pt"})
     write_json(tmp / META, meta)
     if state is not None:
         torch.save(state, tmp / STATE)
@@ -105,27 +114,37 @@ def build_model(meta: dict, run_dir: Path | None = None) -> tuple[nn.Module, Any
     directory keeps."""
     from hydra.utils import get_class, instantiate
 
+    from bigmodel_cli.models import lora
+
     for part in ("model", "task"):
         target = str(meta[part].get("_target_", ""))
         if not target.startswith(ALLOWED_TARGET_PREFIXES):
             raise UsageError(f"checkpoint {part} target {target!r} is not a bigmodel class")
     args = dict(meta["model_args"])
     encoder_class = get_class(meta["model"]["_target_"])
-    if hasattr(encoder_class, "rebuild_args") and run_dir is not None:
+    if hasattr(encoder_class, "rebuild_args") and run_dir is not None \
+            and not lora.base_is_pretrained(meta):
         args.update(encoder_class.rebuild_args(run_dir))
     encoder = instantiate(meta["model"], **args)
     task = instantiate(meta["task"])
-    return task.build_model(encoder, meta["num_labels"]), task
+    model = task.build_model(encoder, meta["num_labels"])
+    if meta.get("lora"):
+        lora.restore(model, meta["lora"])
+    return model, task
 
 
 def load_weights(model: nn.Module, directory: Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    from bigmodel_cli.models import lora
+
     try:
         missing, unexpected = load_model(unwrap(model), str(directory / WEIGHTS), strict=False)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UsageError(f"{directory / WEIGHTS}: corrupt or incompatible weights ({exc})") from None
+    base = lora.base_names(unwrap(model))  # a LoRA checkpoint: the base was loaded already
+    missing = [name for name in missing if name not in base]
     if missing or unexpected:
         raise UsageError(f"{directory / WEIGHTS}: weights do not fit the model "
                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
