@@ -20,6 +20,7 @@ from sections import (
     overhead,
     recsys,
     resume,
+    scale_lora,
     serve,
     startup,
     sweep,
@@ -28,5 +29,5 @@ from sections import (
 )
 
 MODULES = (startup, overhead, training, sweep, resume, ddp, transfer, gpt, hf, images_tables,
-           recsys, audio, serve, export)
+           recsys, audio, serve, export, scale_lora)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}

@@ -54,12 +54,16 @@ def peak_flops(device, precision: str) -> tuple[float | None, str]:
         return None, f"no MFU on {device.type} (peak FLOPs are known for CUDA devices only)"
     import torch
 
-    name = torch.cuda.get_device_name(device)
+    return device_peak(torch.cuda.get_device_name(device), precision)
+
+
+def device_peak(name: str, precision: str) -> tuple[float | None, str]:
+    """PEAK_FLOPS by a CUDA device's name: (peak or None, the name or why not)."""
     for key, peaks in PEAK_FLOPS.items():
         if key in name:
             peak = peaks.get("bf16" if precision in ("bf16", "fp16") else "fp32")
             if peak is None:
-                return None, f"no {precision} peak known for {name}"
+                return None, f"no MFU: no {precision} peak known for {name}"
             return peak, name
     return None, f"no MFU: the peak FLOPs of {name} are not in the table"
 

@@ -83,8 +83,11 @@ class HFEncoder(nn.Module):
             raise ValueError(f"cannot load {name_or_path!r} ({exc}); give a local model "
                              "directory, or a Hub id while online") from None
         if activation_checkpointing:  # transformers' own: each layer recomputed in backward
-            self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
+                self.model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pooling = pooling
         self.output_dim = self.model.config.hidden_size
         self.vocab_size = self.model.config.vocab_size
