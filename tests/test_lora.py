@@ -82,6 +82,7 @@ def test_lora_run_evaluates_predicts_and_keeps_the_base_frozen(lora_run, pretrai
     assert torch.equal(encoder.tok_emb.weight, emb)
 
 
+@pytest.mark.slow  # an ONNX export and two predicts: about 30 s on 2 busy cores
 def test_lora_export_merges_adapters_with_parity(lora_run, session_cli):
     pytest.importorskip("onnxruntime")
     result = session_cli("export", f"run={lora_run}")
@@ -109,6 +110,7 @@ def test_merged_copy_equals_the_adapted_model(lora_run):
         torch.testing.assert_close(merged(batch), trained.model(batch), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # another LoRA run: about 30 s on 2 busy cores
 def test_a_changed_base_is_refused(session_cli, pretrained, tmp_path):
     base = tmp_path / "base"
     shutil.copytree(pretrained, base)
@@ -122,7 +124,7 @@ def test_a_changed_base_is_refused(session_cli, pretrained, tmp_path):
     assert again.returncode == 2 and "holds only its adapters" in again.stderr
 
 
-@pytest.mark.parametrize("model", ["bert_tiny", "gpt_tiny"])
+@pytest.mark.parametrize("model", ["bert_tiny", pytest.param("gpt_tiny", marks=pytest.mark.slow)])
 def test_lora_without_a_separate_base_keeps_every_weight(session_cli, model):
     result = session_cli("finetune", f"model={model}", "data=news", "trainer=debug",
                          "trainer.max_steps=3", "model.lora.enabled=true")
