@@ -9,6 +9,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from bigmodel_cli import schema
 from bigmodel_cli.errors import UsageError
 
+# `${bigmodel_if:COND,A,B}`: A when COND is true, else B (conf/model/: model.lr is lora.lr
+# while LoRA is on). Registered here, where every composition (commands, tests) imports from.
+OmegaConf.register_new_resolver("bigmodel_if", lambda cond, a, b: a if cond else b, replace=True)
+
 
 def conf_dir() -> str:
     """The config directory: packaged inside the wheel, or the repository's top-level conf/."""

@@ -290,6 +290,13 @@ KEYS: dict[str, Spec] = {
     "model.time_stride": one_of(1, 2, 4, 8),
     "model.encoder": one_of("lstm", "transformer"),
     "model.max_frames": COUNT,
+    "model.activation_checkpointing": BOOL,            # bert gpt vit hf: recompute blocks in backward
+    "model.lora.enabled": BOOL,                        # bert gpt hf: LoRA adapters (peft)
+    "model.lora.r": COUNT,
+    "model.lora.alpha": POSITIVE,
+    "model.lora.dropout": DROPOUT,
+    "model.lora.target_modules": list_of(string(), null=True),   # null: the family's default
+    "model.lora.lr": POSITIVE,                         # model.lr while LoRA is on
 
     # data/: every option's keys (text, image and tabular datasets)
     "data.kind": one_of("text", "image", "audio", "tabular", "interactions"),

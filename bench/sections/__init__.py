@@ -23,6 +23,7 @@ from sections import (
     resume,
     scale_corpus,
     scale_fsdp,
+    scale_lora,
     serve,
     startup,
     sweep,
@@ -31,5 +32,6 @@ from sections import (
 )
 
 MODULES = (startup, overhead, lstm_profile, training, sweep, resume, ddp, scale_fsdp,
-           scale_corpus, transfer, gpt, hf, images_tables, recsys, audio, serve, export)
+           scale_corpus, scale_lora, transfer, gpt, hf, images_tables, recsys, audio, serve,
+           export)
 SECTIONS = {name: module for module in MODULES for name in module.NAMES}

@@ -27,8 +27,9 @@ def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
         raise UsageError(f"{where}: {cause}") from None
 
 
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model, trainable: bool = False) -> int:
+    """All parameters, or (trainable=True) those the optimizer updates."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
 @dataclass

@@ -32,11 +32,12 @@ def run(cfg: DictConfig, run_dir: Path, command: str = "finetune") -> dict:
     seed_everything(cfg.seed)
     task = build(cfg.task, "task")
     source, model_cfg, prepared = _prepare_data(cfg, run_dir, task, strategy)
-    model = _build_model(cfg, task, model_cfg, prepared, source, run_dir, strategy).to(device)
+    model, lora = _build_model(cfg, task, model_cfg, prepared, source, run_dir, strategy)
+    model = model.to(device)
     logger = loggers.build(cfg, run_dir, enabled=strategy.is_main,  # metrics.jsonl + logger/
                            resumed_from=None if resume is None else resume.parent.parent)
     trainer = _trainer(cfg, command, run_dir, task, model, model_cfg, prepared, settings,
-                       device, strategy, logger)
+                       device, strategy, logger, lora)
     resume_state = None if resume is None else strategy.restore(
         resume, trainer.model, trainer.optimizers)
     with logger.closed_on_error():
@@ -113,7 +114,8 @@ def _prepare_data(cfg: DictConfig, run_dir: Path, task, strategy):
 
 
 def _build_model(cfg: DictConfig, task, model_cfg, prepared, source, run_dir: Path, strategy):
-    """The task's model around the configured encoder; weights from model.init_from."""
+    """(the task's model around the configured encoder, weights from model.init_from and
+    LoRA adapters when model.lora.enabled; the LoRA record for meta.json or None)."""
     from bigmodel_cli.commands import transfer
     from bigmodel_cli.jsonfiles import write_json
 
@@ -131,12 +133,21 @@ def _build_model(cfg: DictConfig, task, model_cfg, prepared, source, run_dir: Pa
         for p in model.encoder.parameters():
             p.requires_grad_(False)
         log.info("model.freeze_encoder=true: only the head is trained")
-    return model
+    lora = None
+    if "lora" in cfg.model and cfg.model.lora.enabled:
+        from bigmodel_cli.models import lora as lora_adapters
+
+        if cfg.model.freeze_encoder:
+            raise UsageError("model.lora.enabled=true trains adapters inside the encoder, "
+                             "model.freeze_encoder=true would freeze them: set only one")
+        lora = lora_adapters.enable(model, model_cfg, cfg.model.lora, source)
+    return model, lora
 
 
 def _trainer(cfg: DictConfig, command: str, run_dir: Path, task, model, model_cfg, prepared,
-             settings, device, strategy, logger):
+             settings, device, strategy, logger, lora: dict | None):
     """The engine, with the optimizers, the wrapped model and what every checkpoint records."""
+    from bigmodel_cli.engine import throughput
     from bigmodel_cli.engine.optim import build_optimizers
     from bigmodel_cli.engine.runtime import versions
     from bigmodel_cli.engine.trainer import Trainer
@@ -146,8 +157,8 @@ def _trainer(cfg: DictConfig, command: str, run_dir: Path, task, model, model_cf
                             precision=cfg.device.precision)
     optimizers = build_optimizers(model, build(cfg.optimizer, "optimizer"), cfg.optimizer,
                                   head_lr_mult=cfg.model.head_lr_mult)
-    log.info("model: %s, %s parameters", cfg.model._target_.rsplit(".", 1)[-1],
-             f"{count_parameters(model):,}")
+    log.info("model: %s, %s parameters (%s trainable)", cfg.model._target_.rsplit(".", 1)[-1],
+             f"{count_parameters(model):,}", f"{count_parameters(model, trainable=True):,}")
     num_labels = len(prepared.label_names)
     checkpoint_meta = {
         "format": 1, "command": command,
@@ -157,12 +168,17 @@ def _trainer(cfg: DictConfig, command: str, run_dir: Path, task, model, model_cf
         "num_labels": num_labels, "label_names": prepared.label_names,
         "data_kind": cfg.data.kind, "encoding": prepared.encoding,
         "max_length": prepared.encoding.get("max_length"), "versions": versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": OmegaConf.to_container(cfg, resolve=True), "lora": lora,
     }
+    per_token = throughput.flops_per_token(model, task.name, prepared.encoding.get("max_length"))
+    peak, note = throughput.peak_flops(device, settings.precision)
+    if per_token:
+        log.info("model FLOPs per token: %s (6N + 12 * layers * d_model * context); %s",
+                 f"{per_token:,}", f"peak {peak:.3g} FLOP/s ({note})" if peak else note)
     return Trainer(wrapped, task, optimizers, build(cfg.scheduler, "scheduler"), device,
                    settings, run_dir, checkpoint_meta,
                    new_metrics=lambda: task.new_metrics(num_labels), strategy=strategy,
-                   logger=logger)
+                   logger=logger, flops_per_token=per_token, peak_flops=peak)
 
 
 def _batches(cfg: DictConfig, prepared, split: str):
@@ -192,9 +208,15 @@ def _score_test(cfg: DictConfig, trainer, prepared, run_dir: Path) -> dict | Non
 
 def _summary(cfg: DictConfig, command: str, run_dir: Path, task, prepared, fit: dict,
              test_metrics: dict | None, trainer, strategy, started: float) -> dict:
+    from bigmodel_cli.engine import throughput
+    from bigmodel_cli.engine.checkpoint import unwrap
     from bigmodel_cli.engine.runtime import versions
 
     world_size = strategy.world_size
+    tokens_per_s = round(fit["tokens_per_s"] * world_size, 1)
+    flops = throughput.summary(unwrap(trainer.model), task.name,
+                               prepared.encoding.get("max_length"), tokens_per_s,
+                               trainer.device, trainer.settings.precision, world_size)
     return {
         "command": command, "run_dir": str(run_dir), "task": task.name,
         "model": cfg.model._target_, "data": cfg.data.name, "data_source": prepared.source,
@@ -207,10 +229,11 @@ def _summary(cfg: DictConfig, command: str, run_dir: Path, task, prepared, fit: 
         "skipped_steps": fit["skipped_steps"],
         "train_time_s": round(fit["train_time_s"], 3),
         "samples_per_s": round(fit["samples_per_s"] * world_size, 1),
-        "tokens_per_s": round(fit["tokens_per_s"] * world_size, 1), "world_size": world_size,
+        "tokens_per_s": tokens_per_s, **flops, "world_size": world_size,
         "strategy": strategy.name,
         "total_time_s": round(time.time() - started, 3),
         "parameters": count_parameters(trainer.model),
+        "trainable_parameters": count_parameters(trainer.model, trainable=True),
         "device": str(trainer.device), "seed": cfg.seed, "versions": versions(),
     }
 
@@ -292,8 +315,14 @@ def print_summary(summary: dict, task) -> None:
     console = Console(stderr=True)
     console.print(table)
     if summary.get("tokens_per_s"):
-        console.print(f"{summary['tokens_per_s']:,.0f} tokens/s")
+        flops = summary["flops_per_token"]
+        console.print(f"{summary['tokens_per_s']:,.0f} tokens/s" + (
+            f", {flops:,} model FLOPs per token, "
+            + (f"MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else summary["mfu_note"])
+            if flops else ""))
+    trainable = summary["trainable_parameters"]
     console.print(f"{summary['steps']} steps in {summary['train_time_s']:.1f} s "
                   f"({summary['samples_per_s']:,.0f} samples/s), {summary['parameters']:,} "
-                  f"parameters, device {summary['device']}")
+                  f"parameters" + (f" ({trainable:,} trained)" if trainable != summary["parameters"]
+                                   else "") + f", device {summary['device']}")
     console.print(f"run directory: [bold]{summary['run_dir']}[/bold]", soft_wrap=True)

@@ -24,11 +24,11 @@ from bigmodel_cli.errors import UsageError
 
 log = logging.getLogger("bigmodel")
 
-# model/ keys that are not encoder arguments: how to start and train it, its suggested lr,
-# epochs and batch size.
+# model/ keys that are not encoder arguments: how to start and train it (LoRA included), its
+# suggested lr, epochs and batch size.
 TRANSFER_KEYS = ("init_from", "freeze_encoder", "head_lr_mult", "lr", "weight_decay", "epochs",
-                 "sgd_lr", "batch_size")
-PER_RUN_KEYS = ("dropout", "pooling")   # may differ from the source run's
+                 "sgd_lr", "batch_size", "lora")
+PER_RUN_KEYS = ("dropout", "pooling", "activation_checkpointing")  # may differ from the source's
 
 
 @dataclass

@@ -7,6 +7,9 @@ and plain Python values, so it loads with `torch.load(weights_only=True)`. Under
 trainer.strategy=fsdp, `last/` keeps the weights and optimizer tensors in `sharded/`
 (torch.distributed.checkpoint, one file per rank; engine/fsdp.py) instead of
 `model.safetensors`; `load_weights` reads either into a plain module.
+
+A LoRA run's checkpoint holds only its trainable tensors (adapters and head) and names its
+base in meta.json (see bigmodel_cli/models/lora.py); loading it loads the base first.
 """
 
 from __future__ import annotations
@@ -42,14 +45,19 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(directory: Path, model: nn.Module | dict, meta: dict,
                     state: dict | None = None) -> None:
-    """`model`: a module, or its full state dict (gathered from shards)."""
+    """`model`: a module, or its full state dict (gathered from shards). A LoRA module
+    saves only its adapters and head."""
     from safetensors.torch import save_file, save_model
 
+    from bigmodel_cli.models import lora
+
     tmp = staging_dir(directory)
-    if isinstance(model, nn.Module):
+    only = lora.tensors_to_save(unwrap(model), meta) if isinstance(model, nn.Module) else None
+    if isinstance(model, nn.Module) and only is None:
         save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
     else:
-        save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / WEIGHTS),
+        tensors = only if only is not None else model
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS),
                   metadata={"format": "pt"})
     write_json(tmp / META, meta)
     if state is not None:
@@ -130,22 +138,30 @@ def build_model(meta: dict, run_dir: Path | None = None) -> tuple[nn.Module, Any
     directory keeps."""
     from hydra.utils import get_class, instantiate
 
+    from bigmodel_cli.models import lora
+
     for part in ("model", "task"):
         target = str(meta[part].get("_target_", ""))
         if not target.startswith(ALLOWED_TARGET_PREFIXES):
             raise UsageError(f"checkpoint {part} target {target!r} is not a bigmodel class")
     args = dict(meta["model_args"])
     encoder_class = get_class(meta["model"]["_target_"])
-    if hasattr(encoder_class, "rebuild_args") and run_dir is not None:
+    if hasattr(encoder_class, "rebuild_args") and run_dir is not None \
+            and not lora.base_is_pretrained(meta):
         args.update(encoder_class.rebuild_args(run_dir))
     encoder = instantiate(meta["model"], **args)
     task = instantiate(meta["task"])
-    return task.build_model(encoder, meta["num_labels"]), task
+    model = task.build_model(encoder, meta["num_labels"])
+    if meta.get("lora"):
+        lora.restore(model, meta["lora"])
+    return model, task
 
 
 def load_weights(model: nn.Module, directory: Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_model
+
+    from bigmodel_cli.models import lora
 
     if not (directory / WEIGHTS).is_file() and (directory / SHARDED).is_dir():
         load_sharded_weights(unwrap(model), directory)
@@ -154,6 +170,8 @@ def load_weights(model: nn.Module, directory: Path) -> None:
         missing, unexpected = load_model(unwrap(model), str(directory / WEIGHTS), strict=False)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UsageError(f"{directory / WEIGHTS}: corrupt or incompatible weights ({exc})") from None
+    base = lora.base_names(unwrap(model))  # a LoRA checkpoint: the base was loaded already
+    missing = [name for name in missing if name not in base]
     if missing or unexpected:
         raise UsageError(f"{directory / WEIGHTS}: weights do not fit the model "
                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")

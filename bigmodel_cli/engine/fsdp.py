@@ -72,6 +72,12 @@ def check_shardable(model: nn.Module) -> None:
         raise UsageError(f"trainer.strategy=fsdp: {name} has embedding tables with sparse "
                          "gradients, which FSDP cannot shard (it reduce-scatters dense "
                          "gradients); use trainer.strategy=ddp with model.sparse=false")
+    if any("lora_" in key for key, _ in model.named_parameters()):
+        # Its checkpoints hold only the adapters and head, which the gathered full state of
+        # a sharded model does not separate; and with a frozen base DDP's replicas cost
+        # little optimizer memory.
+        raise UsageError("trainer.strategy=fsdp with model.lora.enabled=true is not supported: "
+                         "use trainer.strategy=ddp or auto")
     if not transformer_blocks(model):
         raise UsageError(f"trainer.strategy=fsdp: {name} has no transformer blocks to shard "
                          "one at a time, so every rank would gather the whole model at every "

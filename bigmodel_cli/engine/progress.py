@@ -18,7 +18,8 @@ def choose_mode(setting: str) -> str:
 
 
 class Progress:
-    """Shows epoch, step, loss, samples/s and ETA. `update` is called once per optimizer step."""
+    """Shows epoch, step, loss, samples/s (tokens/s for text, and MFU where it is known) and
+    ETA. `update` is called once per optimizer step."""
 
     def __init__(self, mode: str, total_steps: int, log_every: int, start: int = 0) -> None:
         self.mode = mode
@@ -41,23 +42,28 @@ class Progress:
             self._bar = RichProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} samples/s"),
+                TextColumn("{task.fields[tokens]}"),
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=Console(stderr=True), transient=False,
             )
             self._task = self._bar.add_task("train", total=total_steps, completed=start,
-                                            loss="-", speed="-")
+                                            loss="-", speed="-", tokens="")
             self._bar.start()
 
-    def update(self, step: int, epoch: int, epochs: int, loss: float, samples_per_s: float) -> None:
+    def update(self, step: int, epoch: int, epochs: int, loss: float, samples_per_s: float,
+               tokens_per_s: float | None = None, mfu: float | None = None) -> None:
+        tokens = "" if not tokens_per_s else f"{tokens_per_s:,.0f} tokens/s"
+        if tokens and mfu is not None:
+            tokens += f"  MFU {mfu:.1%}"
         if self.mode == "bar":
             self._bar.update(self._task, completed=step, description=f"epoch {epoch}/{epochs}",
-                             loss=f"{loss:.4f}", speed=f"{samples_per_s:,.0f}")
+                             loss=f"{loss:.4f}", speed=f"{samples_per_s:,.0f}", tokens=tokens)
         elif self.mode == "log" and (step % self.log_every == 0 or step == self.total):
             elapsed = time.perf_counter() - self.start
             eta = elapsed / max(step - self.first, 1) * (self.total - step)
-            log.info("epoch %d/%d  step %d/%d  loss %.4f  %.0f samples/s  elapsed %s  eta %s",
+            log.info("epoch %d/%d  step %d/%d  loss %.4f  %.0f samples/s  %selapsed %s  eta %s",
                      epoch, epochs, step, self.total, loss, samples_per_s,
-                     _fmt(elapsed), _fmt(eta))
+                     f"{tokens}  " if tokens else "", _fmt(elapsed), _fmt(eta))
 
     def message(self, text: str) -> None:
         if self.mode == "bar":

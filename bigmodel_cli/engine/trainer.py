@@ -136,8 +136,12 @@ class Trainer:
                  scheduler_factory: Callable[..., Any], device: torch.device,
                  settings: TrainSettings, run_dir: Path, checkpoint_meta: dict,
                  new_metrics: Callable[[], Any], strategy: Strategy | None = None,
-                 logger: Logger | None = None) -> None:
+                 logger: Logger | None = None, flops_per_token: int | None = None,
+                 peak_flops: float | None = None) -> None:
         self.model = model
+        # A transformer LM's FLOPs per token and one device's peak (engine/throughput.py):
+        # the progress line's MFU, where both are known.
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.strategy = strategy or Strategy()
         # All ranks agree on stops and take part in saving; only the main one writes.
         self.distributed = self.strategy.distributed
@@ -350,8 +354,8 @@ class Trainer:
             self._optimizer_step(step_ok, progress)
             step_ok = True
             self.batches_done = micro
-            elapsed = self.train_time + time.perf_counter() - tick
-            self._report_step(progress, epochs, self.samples / max(elapsed, 1e-9))
+            elapsed = max(self.train_time + time.perf_counter() - tick, 1e-9)
+            self._report_step(progress, epochs, self.samples / elapsed, self.tokens / elapsed)
             if s.eval_every_steps and self.step % s.eval_every_steps == 0:
                 self.train_time += time.perf_counter() - tick
                 stop = self._validate(validation, progress)
@@ -417,10 +421,13 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def _report_step(self, progress: Progress, epochs: int, speed: float) -> None:
+    def _report_step(self, progress: Progress, epochs: int, speed: float,
+                     tokens_per_s: float) -> None:
         """The progress line; every log_every_steps, a train record (all ranks' mean)."""
         mean_loss = self._loss_sum / self._loss_count if self._loss_count else float("nan")
-        progress.update(self.step, self.epoch, epochs, mean_loss, speed)
+        mfu = (tokens_per_s * self.flops_per_token / self.peak_flops
+               if self.flops_per_token and self.peak_flops else None)
+        progress.update(self.step, self.epoch, epochs, mean_loss, speed, tokens_per_s, mfu)
         if self.step % self.settings.log_every_steps and self.step != self.total_steps:
             return
         if self.distributed:  # the mean loss and throughput of all ranks

@@ -5,7 +5,8 @@ where that one cannot), check onnxruntime against torch on
 the validation rows (an fp32 export that disagrees on more than 0.1% of labels fails),
 optionally quantize (dynamic int8) and score both on the test split, then write the folder.
 Everything is written into a temporary folder beside the target and renamed at the end,
-so a failure leaves no half-written folder.
+so a failure leaves no half-written folder. A LoRA run's adapters are merged into the base
+weights for the graph; parity is checked against the unmerged torch model.
 """
 
 from __future__ import annotations
@@ -92,7 +93,13 @@ def _build(cfg: DictConfig, trained, folder: Path) -> dict:
     inputs = list(trained.model.encoder.inputs)
     outputs = ["logits"] if trained.task.name == "classification" else ["value", "scaled"]
     fp32_file = folder / "model.onnx"
-    exporter = _export_graph(trained.model, inputs, outputs, val[0], fp32_file, cfg.opset)
+    lora = trained.meta.get("lora")
+    graph_model = trained.model
+    if lora:
+        from bigmodel_cli.models.lora import merged_copy
+
+        graph_model = merged_copy(trained.model)
+    exporter = _export_graph(graph_model, inputs, outputs, val[0], fp32_file, cfg.opset)
     session = make_session(fp32_file, cfg.device.threads)
     parity = _parity(trained, session, inputs, outputs, val)
     log.info("parity (%s exporter) on %d validation rows: max abs diff %.3g%s", exporter,
@@ -121,6 +128,7 @@ def _build(cfg: DictConfig, trained, folder: Path) -> dict:
         "source": {"run": str(trained.run_dir), "checkpoint": str(trained.ckpt_dir),
                    "sha256": sha256(trained.ckpt_dir / "model.safetensors"),
                    "step": trained.meta.get("step")},
+        "lora": lora and {"merged": True, "base": lora["base"]},
         "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "parity": parity,
     }

@@ -59,7 +59,8 @@ class HFEncoder(nn.Module):
     inputs = ("input_ids", "lengths")
 
     def __init__(self, name_or_path: str, pooling: str = "mean", pretrained: bool = True,
-                 vocab_size: int | None = None, padding_idx: int | None = None) -> None:
+                 vocab_size: int | None = None, padding_idx: int | None = None,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -81,6 +82,12 @@ class HFEncoder(nn.Module):
         except OSError as exc:
             raise ValueError(f"cannot load {name_or_path!r} ({exc}); give a local model "
                              "directory, or a Hub id while online") from None
+        if activation_checkpointing:  # transformers' own: each layer recomputed in backward
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
+                self.model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pooling = pooling
         self.output_dim = self.model.config.hidden_size
         self.vocab_size = self.model.config.vocab_size

@@ -23,7 +23,8 @@ class TextTransformer(nn.Module):
 
     def __init__(self, vocab_size: int, padding_idx: int = 0, n_layers: int = 4,
                  d_model: int = 256, n_heads: int = 4, d_ff: int = 1024, max_len: int = 128,
-                 dropout: float = 0.1, causal: bool = False, pooling: str = "mean") -> None:
+                 dropout: float = 0.1, causal: bool = False, pooling: str = "mean",
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -35,7 +36,8 @@ class TextTransformer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         init_weights(self.tok_emb)
         init_weights(self.pos_emb)
-        self.stack = TransformerStack(n_layers, d_model, n_heads, d_ff, dropout)
+        self.stack = TransformerStack(n_layers, d_model, n_heads, d_ff, dropout,
+                                      activation_checkpointing)
 
     def token_states(self, input_ids: torch.Tensor, lengths: torch.Tensor,
                      caches: list[dict] | None = None, offset: int = 0) -> torch.Tensor:

@@ -4,6 +4,11 @@ Pre-norm blocks (LayerNorm before attention and before the MLP, residual around 
 attention through `torch.nn.functional.scaled_dot_product_attention`, which picks a fused
 kernel when one fits. `mask` is a bool tensor [B, T], True at real tokens; `causal=True`
 lets position t attend only to positions <= t.
+
+`activation_checkpointing=True` keeps only each block's input during the forward pass and
+recomputes the block in backward (non-reentrant `torch.utils.checkpoint`, RNG state
+preserved, so dropout draws the same masks): activation memory drops from every
+intermediate of every block to one tensor per block, for about one more forward pass.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 class SelfAttention(nn.Module):
@@ -70,8 +76,9 @@ class TransformerStack(nn.Module):
     """`n_layers` blocks and a final LayerNorm (pre-norm blocks leave the output unnormalised)."""
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, activation_checkpointing: bool = False) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads, d_ff, dropout)
                                     for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
@@ -84,8 +91,12 @@ class TransformerStack(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, caches: list[dict] | None = None) -> torch.Tensor:
         """`caches`: one dict per block, filled with its keys/values (a KV cache)."""
+        recompute = self.activation_checkpointing and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, causal, None if caches is None else caches[i])
+            if recompute:
+                x = checkpoint(block, x, mask, causal, use_reentrant=False)
+            else:
+                x = block(x, mask, causal, None if caches is None else caches[i])
         return self.norm(x)
 
 

@@ -21,7 +21,7 @@ class ViTEncoder(nn.Module):
     def __init__(self, in_channels: int, image_size: int, mean: list[float], std: list[float],
                  augment: dict | None = None, patch_size: int = 4, d_model: int = 64,
                  n_layers: int = 4, n_heads: int = 4, d_ff: int = 128,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, activation_checkpointing: bool = False) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"model.patch_size={patch_size} must divide the image size "
@@ -33,7 +33,8 @@ class ViTEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos_emb = nn.Parameter(torch.randn(1, num_patches + 1, d_model) * 0.02)
         self.dropout = nn.Dropout(dropout)
-        self.stack = TransformerStack(n_layers, d_model, n_heads, d_ff, dropout)
+        self.stack = TransformerStack(n_layers, d_model, n_heads, d_ff, dropout,
+                                      activation_checkpointing)
         self.output_dim = d_model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
