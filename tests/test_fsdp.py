@@ -201,6 +201,14 @@ def test_models_without_blocks_or_with_sparse_tables_are_refused(cli):
     assert not list(Path(cli.cwd, "outputs").glob("finetune/*/*/checkpoints"))
 
 
+def test_lora_runs_are_refused(cli):
+    result = cli("finetune", "model=bert_tiny", "model.lora.enabled=true", "trainer=debug",
+                 "trainer.strategy=fsdp")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "trainer.strategy=fsdp with model.lora.enabled=true is not supported" in result.stderr
+    assert not list(Path(cli.cwd, "outputs").glob("finetune/*/*/checkpoints"))
+
+
 def test_optimizer_state_after_a_validation_forward():
     """After a forward with no backward (a validation), the root unit still holds gathered
     parameters: the strategy reshards before reading states (one process, a 1-rank world)."""
