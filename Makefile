@@ -26,7 +26,7 @@ help:
 	@echo "                   make install LOCK=               pyproject.toml's open ranges, no lock"
 	@echo "make lock          regenerate $(LOCK) with uv (UPGRADE=1: newest allowed versions)"
 	@echo "make test          the test suite without the slow tests (about 5-6 minutes on 2 cores)"
-	@echo "make test-slow     the slow tests: signals, kill -9, launchers, torchrun, the wheel, compile"
+	@echo "make test-slow     the slow tests: signals, kill -9, launchers, torchrun, FSDP, LoRA, the wheel, compile"
 	@echo "make lint          ruff over bigmodel_cli, tests and bench"
 	@echo "make bench         the benchmarks (hours); writes outputs/bench/report.{md,json}"
 	@echo "                   make bench ONLY=startup,gpt   some sections, merged into the report"
@@ -49,7 +49,7 @@ lock:
 	    --custom-compile-command "make lock" --quiet -o $(LOCK)
 
 
-# About 5-6 minutes on a 2-core machine (308 tests).
+# About 5-6 minutes on a 2-core machine (335 tests).
 test:
 	$(PYTHON) -m pytest -q -m "not slow"
 
