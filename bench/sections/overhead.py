@@ -14,8 +14,11 @@ from harness import Context
 
 NAMES = ("overhead",)
 TITLE = "Engine vs a plain PyTorch loop"
-MODELS = ("fasttext", "lstm")
-STEPS = {"fasttext": 500, "lstm": 300}  # optimizer steps per loop (less than one epoch)
+MODELS = ("fasttext", "lstm", "bert")
+STEPS = {"fasttext": 500, "lstm": 300, "bert": 100}  # optimizer steps per loop (< one epoch)
+# The finetune command line of each (model=bert: the text transformer, from scratch).
+COMMANDS = {"fasttext": ["experiment=fasttext_news"], "lstm": ["experiment=lstm_news"],
+            "bert": ["model=bert", "data=news"]}
 SMOKE_STEPS = 20
 
 
@@ -135,7 +138,7 @@ def run(ctx: Context, name: str) -> dict:
     from bigmodel_cli.config import conf_dir
 
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):  # the CLI's own config
-        cfgs = {m: compose("finetune", overrides=[f"experiment={m}_news", "trainer.progress=off"])
+        cfgs = {m: compose("finetune", overrides=[*COMMANDS[m], "trainer.progress=off"])
                 for m in MODELS}
     p = prepare(cfgs[MODELS[0]])  # data, seed and device are the same for every model
     results: dict = {"device": str(p.device), "torch_threads": torch.get_num_threads()}
