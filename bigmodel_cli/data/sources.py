@@ -250,15 +250,52 @@ def _load_hub(data_cfg: DictConfig) -> tuple[dict, list[str] | None]:
     return splits, names
 
 
-def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
-                      max_train_samples: int | None = None,
-                      max_eval_samples: int | None = None) -> TextDataset:
-    """Find, load and split a labeled text dataset as configured in `data_cfg`."""
-    looked: list[str] = []
-    raw: dict | None = None
-    label_names: list[str] | None = None
-    files_read: list[Path] = []
-    source, found_in = "", None
+def _not_found(data_cfg: DictConfig, looked: list[str]) -> UsageError:
+    """Where a dataset was looked for, and how to provide it."""
+    what = data_cfg.name or "the data files"
+    wanted = _wanted(f for f in data_cfg.files.values() if f)
+    columns = ",".join(c for c in (data_cfg.text_column, data_cfg.label_column) if c)
+    how_to = (f"put {wanted} (column{'s' if ',' in columns else ''} {columns})"
+              + (f" and {data_cfg.labels_file}" if data_cfg.labels_file else "")
+              + (f" in $BIGMODEL_DATA_DIR/{data_cfg.name}/ or ./data/{data_cfg.name}/, "
+                 "or point data.path=DIR at a folder holding them" if data_cfg.name
+                 else " in data.path=DIR, or give data.files.train=FILE (and validation/test)"))
+    return UsageError(f"dataset {what!r} not found. Looked in:\n    "
+                      + "\n    ".join(looked) + f"\n  To provide it: {how_to}.")
+
+
+def _complete_splits(splits: dict, data_cfg: DictConfig, seed: int,
+                     source: str) -> tuple[dict, list[str]]:
+    """Train and validation splits where the files lack them (re-split, tail or seeded
+    hold-out), with a note for each split made here."""
+    notes: list[str] = []
+    if "train" not in splits:
+        base = splits.pop(data_cfg.resplit_from)
+        order = [s for s in SPLITS if s in data_cfg.resplit_fractions]
+        fractions = [float(data_cfg.resplit_fractions[s]) for s in order]
+        parts = splitting.partition(len(base), fractions, seed, _label_keys(base))
+        splits = {s: base.select(idx) for s, idx in zip(order, parts)}
+        notes.append(f"no train split in {source}: re-split its {data_cfg.resplit_from} split "
+                     f"({len(base)} rows) into " + ", ".join(f"{s} {len(splits[s])}" for s in order)
+                     + f" (seed {seed}); not comparable with results on the official splits")
+    if "validation" not in splits and data_cfg.validation_from == "tail":
+        splits["train"], splits["validation"], note = _tail_split(
+            splits["train"], float(data_cfg.validation_fraction))
+        notes.append(note)
+    if "validation" not in splits:
+        train = splits["train"]
+        frac = float(data_cfg.validation_fraction)
+        keep, held = splitting.holdout(len(train), frac, seed, _label_keys(train))
+        splits["train"], splits["validation"] = train.select(keep), train.select(held)
+        notes.append(f"no validation split: held out {len(held)} of {len(train)} train rows "
+                     f"(data.validation_fraction={frac}, seed {seed})")
+    return splits, notes
+
+
+def _load_local(data_cfg: DictConfig, looked: list[str]) -> tuple:
+    """(splits, label names, files read, source, folder) from the first local place that
+    holds the configured files (or the upstream layout); (None, None, [], "", None) when none
+    does, each place tried added to `looked`."""
     if data_cfg.name:
         places = candidate_dirs(data_cfg)
     else:
@@ -284,16 +321,25 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
             if all(Path(f).is_absolute() for f in files.values()):  # the folder played no part
                 found_in = Path(os.path.commonpath([p.parent for ps in present.values() for p in ps]))
                 source = f"{found_in} (absolute paths)"
-            break
+            return raw, label_names, files_read, source, found_in
         if up is not None and (folder / up.files.train).is_file():
             raw, label_names, files_read = _load_upstream_layout(data_cfg, folder)
-            source, found_in = f"{folder} ({how}, upstream layout)", folder
-            break
+            return raw, label_names, files_read, f"{folder} ({how}, upstream layout)", folder
         wanted = _wanted(files.values()) if files else "(no files configured)"
         if up is not None:
             wanted += f" -- or {', '.join(up.files.values())}"
         looked.append(f"{how}: {folder} -- no {wanted} there" if folder.is_dir()
                       else f"{how}: {folder} -- does not exist")
+    return None, None, [], "", None
+
+
+def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
+                      max_train_samples: int | None = None,
+                      max_eval_samples: int | None = None) -> TextDataset:
+    """Find, load and split a labeled text dataset as configured in `data_cfg`."""
+    looked: list[str] = []
+    raw, label_names, files_read, source, found_in = _load_local(data_cfg, looked)
+    up = data_cfg.upstream
     if raw is None and up is not None:
         if _offline():
             looked.append(f"download from {up.url}: skipped (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)")
@@ -319,16 +365,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
             except Exception as exc:
                 looked.append(f"the Hub ({data_cfg.hub.id}): failed ({type(exc).__name__}: {str(exc)[:200]})")
     if raw is None:
-        what = data_cfg.name or "the data files"
-        wanted = _wanted(f for f in data_cfg.files.values() if f)
-        columns = ",".join(c for c in (data_cfg.text_column, data_cfg.label_column) if c)
-        how_to = (f"put {wanted} (column{'s' if ',' in columns else ''} {columns})"
-                  + (f" and {data_cfg.labels_file}" if data_cfg.labels_file else "")
-                  + (f" in $BIGMODEL_DATA_DIR/{data_cfg.name}/ or ./data/{data_cfg.name}/, "
-                     "or point data.path=DIR at a folder holding them" if data_cfg.name
-                     else " in data.path=DIR, or give data.files.train=FILE (and validation/test)"))
-        raise UsageError(f"dataset {what!r} not found. Looked in:\n    "
-                         + "\n    ".join(looked) + f"\n  To provide it: {how_to}.")
+        raise _not_found(data_cfg, looked)
     log.info("data: %s", source)
     labeled = data_cfg.label_column is not None
     if not labeled:  # a pretraining corpus: any labels in the files are ignored
@@ -337,27 +374,7 @@ def load_text_dataset(data_cfg: DictConfig, *, seed: int, cache_dir: Path,
     elif label_names is None:  # inferred from every train row (before any subsetting)
         label_source = raw["train"] if "train" in raw else raw[data_cfg.resplit_from]
         label_names = _infer_label_names(label_source.unique("label"))
-    splits, notes = dict(raw), []
-    if "train" not in splits:
-        base = splits.pop(data_cfg.resplit_from)
-        order = [s for s in SPLITS if s in data_cfg.resplit_fractions]
-        fractions = [float(data_cfg.resplit_fractions[s]) for s in order]
-        parts = splitting.partition(len(base), fractions, seed, _label_keys(base))
-        splits = {s: base.select(idx) for s, idx in zip(order, parts)}
-        notes.append(f"no train split in {source}: re-split its {data_cfg.resplit_from} split "
-                     f"({len(base)} rows) into " + ", ".join(f"{s} {len(splits[s])}" for s in order)
-                     + f" (seed {seed}); not comparable with results on the official splits")
-    if "validation" not in splits and data_cfg.validation_from == "tail":
-        splits["train"], splits["validation"], note = _tail_split(
-            splits["train"], float(data_cfg.validation_fraction))
-        notes.append(note)
-    if "validation" not in splits:
-        train = splits["train"]
-        frac = float(data_cfg.validation_fraction)
-        keep, held = splitting.holdout(len(train), frac, seed, _label_keys(train))
-        splits["train"], splits["validation"] = train.select(keep), train.select(held)
-        notes.append(f"no validation split: held out {len(held)} of {len(train)} train rows "
-                     f"(data.validation_fraction={frac}, seed {seed})")
+    splits, notes = _complete_splits(dict(raw), data_cfg, seed, source)
     for note in notes:
         log.warning("note: %s", note)
     splits["train"] = _subset(splits["train"], max_train_samples, seed)
