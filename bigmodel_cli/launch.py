@@ -90,7 +90,10 @@ def run_hydra_command(command: str, args: list[str]) -> None:
         args = [*args, *distributed.cli_overrides(command, args)]
     saved_argv = sys.argv
     sys.argv = [f"bigmodel {command}", *args]
-    hydra_main.job_started = False  # per command: a second one in this process starts anew
+    # Per command: a second one in this process (a script, a test session) starts anew,
+    # and claims its own run directory even when it starts in the same second.
+    hydra_main.job_started = False
+    hydra_main._claimed_dirs.clear()
     try:
         getattr(hydra_main, command)()
         from bigmodel_cli import sweeps

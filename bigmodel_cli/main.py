@@ -39,7 +39,8 @@ def unique_dir(path: str) -> str:
     """`path`, else `path-2`, `path-3`, ...: the first that does not exist yet, created at
     once. Run directories are named by the second a run starts; two runs started in the same
     second must not share one (and overwrite each other's checkpoints). The choice is
-    remembered, so resolving the same path again in this process gives the same directory."""
+    remembered, so resolving the same path again within this command gives the same
+    directory; `launch.run_hydra_command` forgets it before the next command."""
     if path not in _claimed_dirs:
         candidate, n = path, 1
         while True:

@@ -96,3 +96,35 @@ def test_free_text_values_are_quoted_for_hydra():
     assert quote_free_text(["optimizer.lr=0.1", "text='kept'"]) == ["optimizer.lr=0.1", "text='kept'"]
     assert quote_free_text(["data.path=/数据"]) == ["data.path='/数据'"]
     assert hydra_quote("a\\") == "'a\\\\'"
+
+
+def test_two_commands_in_one_process_in_the_same_second_keep_their_own_runs(
+        tmp_path, cli_env, monkeypatch):
+    """A script (or a test session) that runs two trainings in one process within one second:
+    the second claims its own run directory and the first run's files stay as they were."""
+    import datetime as dt
+
+    import hydra.core.utils
+
+    from bigmodel_cli.launch import run_hydra_command
+
+    class _FrozenClock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 1, 12, 0, 0)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", _FrozenClock)
+    monkeypatch.chdir(tmp_path)
+    for key, value in cli_env.items():
+        monkeypatch.setenv(key, value)
+    args = ["model=mlp", "data=diabetes", "trainer=debug"]
+    for _ in range(2):
+        try:
+            run_hydra_command("finetune", args)
+        except SystemExit as exit_:
+            assert exit_.code in (0, None)
+    day = tmp_path / "outputs" / "finetune" / "2026-01-01"
+    assert sorted(p.name for p in day.iterdir()) == ["12-00-00", "12-00-00-2"]
+    for run in day.iterdir():
+        assert (run / "metrics.json").is_file() and (run / "checkpoints" / "best").is_dir()
+        assert len((run / "finetune.log").read_text().split("training: ")) == 2  # one run's log
