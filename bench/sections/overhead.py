@@ -20,6 +20,7 @@ STEPS = {"fasttext": 500, "lstm": 300, "bert": 100}  # optimizer steps per loop 
 COMMANDS = {"fasttext": ["experiment=fasttext_news"], "lstm": ["experiment=lstm_news"],
             "bert": ["model=bert", "data=news"]}
 SMOKE_STEPS = 20
+ROUNDS = 3  # interleaved rounds of plain and engine per model; medians are reported
 
 
 @dataclass
@@ -131,6 +132,36 @@ def engine(p: Prepared, c, steps: int) -> dict:
         return {**fit, "fit_wall_s": time.perf_counter() - start}
 
 
+def measure(p: Prepared, c, steps: int, rounds: int) -> dict:
+    """`rounds` of the plain loop and the engine, interleaved and in alternating order, so
+    that a slow spell of a noisy machine falls on both; medians of each."""
+    import statistics
+
+    plain(p, c, min(10, steps))  # warm-up (threads, allocator); not reported
+    plains, fits = [], []
+    for r in range(rounds):
+        order = ("plain", "engine") if r % 2 == 0 else ("engine", "plain")
+        for which in order:
+            if which == "plain":
+                plains.append(plain(p, c, steps))
+            else:
+                fits.append(engine(p, c, steps))
+    samples = plains[0][0]
+    plain_sps = statistics.median(n / s for n, s in plains)
+    engine_sps = statistics.median(f["samples_per_s"] for f in fits)
+    return {  # engine_fit_wall_s adds one evaluation of 256 rows and checkpoints
+        "steps": steps, "rounds": rounds, "samples": samples,
+        "same_samples": all(f["train_samples"] == samples for f in fits),
+        "plain_s": round(statistics.median(s for _, s in plains), 2),
+        "plain_samples_per_s": round(plain_sps, 1),
+        "engine_train_s": round(statistics.median(f["train_time_s"] for f in fits), 2),
+        "engine_samples_per_s": round(engine_sps, 1),
+        "engine_fit_wall_s": round(statistics.median(f["fit_wall_s"] for f in fits), 2),
+        "engine_over_plain": round(engine_sps / plain_sps, 3),
+        "ratio_per_round": [round(f["samples_per_s"] / (n / s), 3)
+                            for f, (n, s) in zip(fits, plains)]}
+
+
 def run(ctx: Context, name: str) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
@@ -142,27 +173,20 @@ def run(ctx: Context, name: str) -> dict:
                 for m in MODELS}
     p = prepare(cfgs[MODELS[0]])  # data, seed and device are the same for every model
     results: dict = {"device": str(p.device), "torch_threads": torch.get_num_threads()}
+    rounds = 1 if ctx.smoke else ROUNDS
     for model in MODELS:
         steps = SMOKE_STEPS if ctx.smoke else STEPS[model]
-        print(f"  overhead: {model}, {steps} steps, plain loop then engine", flush=True)
-        plain(p, cfgs[model], min(10, steps))  # warm-up (threads, allocator); not reported
-        samples, seconds = plain(p, cfgs[model], steps)
-        fit = engine(p, cfgs[model], steps)
-        plain_sps, engine_sps = samples / seconds, fit["samples_per_s"]
-        results[model] = {  # engine_fit_wall_s adds one evaluation of 256 rows and checkpoints
-            "steps": steps, "samples": samples, "same_samples": fit["train_samples"] == samples,
-            "plain_s": round(seconds, 2), "plain_samples_per_s": round(plain_sps, 1),
-            "engine_train_s": round(fit["train_time_s"], 2),
-            "engine_samples_per_s": round(engine_sps, 1),
-            "engine_fit_wall_s": round(fit["fit_wall_s"], 2),
-            "engine_over_plain": round(engine_sps / plain_sps, 3)}
+        print(f"  overhead: {model}, {steps} steps, {rounds} round(s) of the plain loop and "
+              "the engine", flush=True)
+        results[model] = measure(p, cfgs[model], steps, rounds)
     return results
 
 
 def markdown(results: dict) -> list[str]:
     o = results["overhead"]
     lines = [f"On {o['device']} with {o['torch_threads']} threads. Same batches, same initial "
-             "weights; engine time is its own train time (evaluation excluded).", "",
+             "weights; engine time is its own train time (evaluation excluded); medians of "
+             f"{o['fasttext'].get('rounds', 1)} interleaved rounds.", "",
              "| model | steps | plain s | plain samples/s | engine s | engine samples/s "
              "| engine/plain |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {m} | {r['steps']} | {r['plain_s']} | {r['plain_samples_per_s']:,.0f} | "
