@@ -9,6 +9,7 @@ import torch
 
 from bigmodel_cli.data import splits
 from bigmodel_cli.engine.checkpoint import load_state, resolve_checkpoint, save_checkpoint
+from bigmodel_cli.engine.optim import RowSparseAdam
 from bigmodel_cli.engine.schedules import cosine, linear_warmup
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.models.fasttext import FastTextEncoder
@@ -50,6 +51,41 @@ def test_fasttext_bigrams_are_hashed_and_padding_ignored():
     # The mean ignores padding: appending padding does not change the embedding.
     padded = torch.cat([ids[:1], torch.zeros(1, 3, dtype=torch.long)], dim=1)
     torch.testing.assert_close(model(padded, torch.tensor([3])), emb[:1])
+
+
+def test_fasttext_trigrams_hash_each_window_of_three():
+    model = FastTextEncoder(vocab_size=10, padding_idx=0, embedding_dim=4, ngram_buckets=7, ngrams=3)
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 0]])
+    grams = model.ngram_ids(ids, torch.tensor([4, 3]))
+    # 4 unigrams, 3 bigrams, 2 trigrams; an n-gram (a, b[, c]) goes to bucket
+    # 10 + (a + b * 116049371 [+ c * 2654435761]) mod 7, worked out by hand.
+    assert grams[0].tolist() == [1, 2, 3, 4, 12, 10, 15, 13, 16]
+    # The second text ends after 3: no (3, PAD) bigram and no (2, 3, PAD) trigram.
+    assert grams[1].tolist() == [1, 2, 3, 0, 12, 10, 0, 13, 0]
+    bigram_only = FastTextEncoder(vocab_size=10, padding_idx=0, embedding_dim=4, ngram_buckets=7)
+    assert bigram_only.ngram_ids(ids, torch.tensor([4, 3]))[0].tolist() == [1, 2, 3, 4, 12, 10, 15]
+
+
+def test_row_sparse_adam_matches_sparse_adam_and_loads_its_state():
+    torch.manual_seed(0)
+    tables = [torch.nn.EmbeddingBag(50, 6, mode="mean", sparse=True) for _ in range(2)]
+    tables[1].load_state_dict(tables[0].state_dict())
+    theirs = torch.optim.SparseAdam(tables[0].parameters(), lr=0.05)
+    ours = RowSparseAdam(tables[1].parameters(), lr=0.05)
+    start = tables[0].weight.detach().clone()
+    for _ in range(6):
+        ids = torch.randint(0, 50, (8, 5))
+        ids[0, :2] = 3                            # a row used twice in a bag and by two bags
+        ids[1, 0] = 3
+        for table, opt in zip(tables, (theirs, ours), strict=True):
+            opt.zero_grad()
+            table(ids).pow(2).sum().backward()
+            opt.step()
+        torch.testing.assert_close(tables[1].weight, tables[0].weight)
+    assert not torch.equal(tables[1].weight, start)   # the updates did something
+    resumed = RowSparseAdam(tables[1].parameters(), lr=0.05)
+    resumed.load_state_dict(theirs.state_dict())  # a checkpoint written with SparseAdam
+    assert resumed.state[tables[1].weight]["step"] == 6
 
 
 def test_schedules():
