@@ -75,6 +75,37 @@ def test_leave_last_out_respects_time_and_leaks_nothing():
         assert max(times[user, i] for i in train) <= times[user, val_item] <= times[user, held_out]
 
 
+def test_test_rows_see_the_validation_item_and_rank_without_it():
+    """The SASRec protocol (train + validation item as the test history): the model's input
+    ends with the validation item, which is no test candidate, and most-popular ranks over
+    the same candidates (checked against a plain count-and-sort on a few users)."""
+    from bigmodel_cli.data.interactions_kind import Vocab, eval_columns, popularity_baseline
+
+    parts = ia.leave_last_out(ia.sequences(_movielens()))
+    users = sorted(parts["test"])[:40]
+    raw = {s: {u: parts[s][u] for u in users} for s in ("validation", "test")}
+    items = sorted({i for u in users for i in parts["test"][u][0] + [parts["test"][u][1]]})
+    vocab = Vocab(users, items, [], {})
+    cols = {s: eval_columns(raw[s], vocab, 10) for s in raw}
+    t = cols["test"].tensors
+    for row, user in enumerate(users):
+        val_item = vocab.item_ids([parts["validation"][user][1]])[0]
+        length = int(t["lengths"][row])
+        assert int(t["history"][row, length - 1]) == val_item
+        assert val_item in t["seen"][row].tolist()
+    train = [i for u in users for i in vocab.item_ids(parts["train"][u])]
+    got = popularity_baseline(cols, train, len(items), 10)["test"]["most_popular"]
+    counts = np.bincount(train, minlength=len(items) + 1)
+    ranks = []
+    for row in range(len(users)):
+        seen = set(t["seen"][row].tolist()) | {0}
+        order = sorted((i for i in range(len(items) + 1) if i not in seen),
+                       key=lambda i: (-counts[i], i))
+        ranks.append(order.index(int(t["target"][row])) + 1)
+    assert got["hr@10"] == pytest.approx(np.mean(np.array(ranks) <= 10))
+    assert got["mrr"] == pytest.approx(np.mean(1 / np.array(ranks)))
+
+
 def test_min_rating_keeps_only_liked_items():
     frame = _movielens()
     liked = ia.implicit(frame, 4)
