@@ -48,6 +48,7 @@ class _Runs:
 
     def __init__(self, root: Path) -> None:
         self.root, self.done = root, {}
+        self.cwd = root / "cwd"  # where exports run (hydra.run.dir is elsewhere)
 
     def __call__(self, family: str) -> Path:
         if family not in self.done:
@@ -68,8 +69,11 @@ class _Runs:
         run_dir = self(family)
         key = (family, *args)
         if key not in self.done:
-            rc = _command("export", [f"run={run_dir}", "parity_rows=512", *args,
-                                     f"hydra.run.dir={self.root / 'exports' / '_'.join(key).replace('=', '-')}"])
+            self.cwd.mkdir(exist_ok=True)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.chdir(self.cwd)  # export writes nothing into the working directory
+                rc = _command("export", [f"run={run_dir}", "parity_rows=512", *args,
+                                         f"hydra.run.dir={self.root / 'exports' / '_'.join(key).replace('=', '-')}"])
             assert rc == 0, f"export {family} {args} exited {rc}"
             self.done[key] = run_dir
         return run_dir
@@ -161,6 +165,7 @@ def test_export_parity_and_onnx_records(runs, family, shared_data, tmp_path):
     # the whole validation split up to parity_rows (1024), not the debug run's 200 rows;
     # digits and diabetes have fewer (180, 44): all of them
     assert parity["rows"] >= min(512, validation) and not parity["failed"]
+    assert not list(runs.cwd.iterdir())  # no scratch graph left in the working directory
     assert parity["max_abs_diff"] < 1e-3
     if manifest["task"] == "classification":
         assert parity["label_agreement"] >= 0.999

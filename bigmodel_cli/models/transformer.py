@@ -49,10 +49,21 @@ class SelfAttention(nn.Module):
             if causal:
                 attn_mask = attn_mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
                 causal = False
+        if attn_mask is not None and torch.onnx.is_in_onnx_export():
+            attn_mask = _additive(attn_mask, q.dtype)
+        # The default scale, given explicitly: an ONNX graph then holds a constant instead of
+        # a shape -> sqrt computation in every block (one kernel call each at inference).
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=causal,
+            q, k, v, attn_mask=attn_mask, is_causal=causal, scale=1.0 / math.sqrt(d // self.n_heads),
             dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool attention mask as 0 / -inf to add to the scores. The ONNX exporter turns a bool
+    mask into this too, but follows every softmax with an IsNaN/Where guard against fully
+    masked rows, which never occur here: every row keeps its first key (lengths >= 1)."""
+    return torch.where(mask, 0.0, float("-inf")).to(dtype)
 
 
 class TransformerBlock(nn.Module):
