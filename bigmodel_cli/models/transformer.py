@@ -34,7 +34,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, cache: dict | None = None) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        head_dim = d // self.n_heads
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, head_dim).permute(2, 0, 3, 1, 4)
         attn_mask = None
         if cache is not None:  # generation: keys/values of earlier positions are reused
             if "k" in cache:
@@ -54,7 +55,7 @@ class SelfAttention(nn.Module):
         # The default scale, given explicitly: an ONNX graph then holds a constant instead of
         # a shape -> sqrt computation in every block (one kernel call each at inference).
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=causal, scale=1.0 / math.sqrt(d // self.n_heads),
+            q, k, v, attn_mask=attn_mask, is_causal=causal, scale=1.0 / math.sqrt(head_dim),
             dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
 
