@@ -54,7 +54,7 @@ def _compose(command: str, overrides: list[str]):
 def test_there_is_a_preset_for_every_benchmark_recipe():
     assert {"transfer_pretrain", "transfer_finetune_1pct", "gpt_shakespeare", "hf_sst2",
             "lstm_news", "fasttext_news", "fasttext_news_20k", "cnn_fashion_mnist",
-            "vit_fashion_mnist", "cnn_digits", "mlp_diabetes"} <= set(PRESETS)
+            "vit_fashion_mnist", "cnn_digits", "mlp_diabetes", "bert_news"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
