@@ -34,6 +34,8 @@ _pretrained: dict = {}   # the pretrain run, shared by the two sections of one i
 
 
 def pretrain(ctx: Context) -> dict:
+    """The transfer_pretrain run: run once per invocation, or read from BENCH_PRETRAIN_RUN (its
+    wall time is then the run's own total_time_s, without process start-up)."""
     if not _pretrained:
         reuse = os.environ.get("BENCH_PRETRAIN_RUN")
         if reuse and not ctx.smoke:
@@ -98,12 +100,17 @@ def transfer(ctx: Context) -> dict:
 def markdown(results: dict) -> list[str]:
     lines = transfer_markdown(results["transfer"]) if "transfer" in results else []
     if "bert_news" in results:
-        b = results["bert_news"].get("finetune", {})
-        lines.append(f"- all 180k labels: `{b.get('command')}`: test accuracy "
-                     f"{(b.get('test') or {}).get('accuracy')}, {b.get('epochs')} epochs in "
-                     f"{b.get('train_time_s')} s ({b.get('wall_s')} s wall)"
-                     if "error" not in b else f"- all 180k labels: error: {b['error']}")
+        lines.append(bert_news_markdown(results["bert_news"]))
     return lines
+
+
+def bert_news_markdown(b: dict) -> str:
+    # a failed section holds the failed run: the finetune, or the pretraining before it
+    run = b.get("finetune") or b["pretrain"]
+    if "error" in run:
+        return f"- all 180k labels: `{run['command']}`: error: {run['error']}"
+    return (f"- all 180k labels: `{run['command']}`: test accuracy {run['test']['accuracy']}, "
+            f"{run['epochs']} epochs in {run['train_time_s']} s ({run['wall_s']} s wall)")
 
 
 def transfer_markdown(t: dict) -> list[str]:
