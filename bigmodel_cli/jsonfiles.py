@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ def clean_json(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (temporary file, then rename). The temporary name carries the
+    pid, so two processes writing one file never rename each other's half-written one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(clean_json(data), indent=2, ensure_ascii=False, default=str) + "\n",
                    encoding="utf-8")
     tmp.replace(path)

@@ -69,7 +69,7 @@ def run_command(command: str, cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
     from bigmodel_cli.config import validate
-    from bigmodel_cli.engine.distributed import adopt_submitit_tasks
+    from bigmodel_cli.engine.distributed import adopt_submitit_tasks, shutdown
 
     adopt_submitit_tasks()
     hydra_cfg = HydraConfig.get()
@@ -120,6 +120,8 @@ def run_command(command: str, cfg: DictConfig) -> Any:
         if multirun:
             return float("nan")
         raise SystemExit(EXIT_FAILED) from None
+    finally:
+        shutdown()
 
 
 def _monitored_value(result: Any) -> float:

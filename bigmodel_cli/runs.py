@@ -106,7 +106,13 @@ def record_invocation(run_dir: Path, resumed: bool = False) -> None:
 
 
 def record_status(run_dir: Path, status: str, error: str = "") -> None:
-    """Mark how the latest invocation of a run ended (ok, failed, interrupted, paused)."""
+    """Mark how the latest invocation of a run ended (ok, failed, interrupted, paused).
+    Rank 0 alone writes it, as it alone recorded the invocation: ranks ending together
+    would otherwise race on the same file."""
+    from bigmodel_cli.engine.distributed import world
+
+    if world()[0] != 0:
+        return
     path = run_dir / "run.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -180,3 +180,38 @@ def test_wordpiece_vocabulary_is_the_same_in_every_process(shared_data):
                                              "PYTHONHASHSEED": str(seed)}).stdout)
               for seed in (1, 2)]
     assert len(vocabs[0]) > 1000 and vocabs[0] == vocabs[1]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from bigmodel_cli.jsonfiles import write_json
+for i in range(300):
+    write_json(Path(sys.argv[1]), {"writer": sys.argv[2], "i": i})
+"""
+
+
+def test_two_processes_writing_one_json_file_both_succeed(tmp_path):
+    """Ranks of a distributed run ending together once renamed each other's temporary file."""
+    import json
+    import subprocess
+    import sys
+
+    target = tmp_path / "run.json"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(target), name],
+                                stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    assert json.loads(target.read_text())["i"] == 299
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
+
+
+def test_only_rank_0_records_how_a_run_ended(tmp_path, monkeypatch):
+    from bigmodel_cli.runs import record_status
+
+    monkeypatch.setenv("RANK", "1")
+    record_status(tmp_path, "ok")
+    assert not (tmp_path / "run.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    record_status(tmp_path, "paused")
+    assert '"paused"' in (tmp_path / "run.json").read_text()

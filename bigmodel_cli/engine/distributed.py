@@ -17,6 +17,7 @@ on any number of ranks, and a full `best/` that every single-process command rea
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 
@@ -70,6 +71,15 @@ def init() -> None:
         # per-task GPU binding), local rank 3 must use device 0, not fail.
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
+
+
+def shutdown() -> None:
+    """Destroy the process group at the end of a job, on every rank and every ending. Left to
+    interpreter exit, gloo's worker threads can outlive it and abort the process (SIGABRT,
+    "terminate called without an active exception") after the run itself succeeded."""
+    dist = sys.modules.get("torch.distributed")  # a job that never imported it has no group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shared_timestamp() -> str:
