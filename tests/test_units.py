@@ -215,3 +215,20 @@ def test_only_rank_0_records_how_a_run_ended(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     record_status(tmp_path, "paused")
     assert '"paused"' in (tmp_path / "run.json").read_text()
+
+
+def test_timing_samples_spread_over_lengths_and_keep_no_padding():
+    """Speed figures are measured on rows of every length, not the first (shortest) batch."""
+    from bigmodel_cli.export.onnx_export import timing_samples
+
+    batches = []
+    for length in range(4, 20):  # sorted by length, as evaluation batches come
+        lengths = torch.full((8,), length)
+        ids = torch.zeros(8, length + 3, dtype=torch.long)  # padded past the longest row
+        ids[:, :length] = 7
+        batches.append({"input_ids": ids, "lengths": lengths, "labels": torch.zeros(8)})
+    single, full = timing_samples(batches, ["input_ids", "lengths"], singles=16, fulls=4)
+    assert [int(row["lengths"][0]) for row in single] == list(range(4, 20))
+    assert all(row["input_ids"].shape == (1, int(row["lengths"][0])) for row in single)
+    assert [int(b["lengths"][0]) for b in full] == [4, 8, 12, 16]
+    assert all(set(b) == {"input_ids", "lengths"} for b in full)

@@ -121,20 +121,20 @@ def _exports(ctx: Context, name: str, run_dir: Path, threads: int) -> dict:
 
 def _speeds(run_dir: Path, threads: int, seconds: float) -> dict:
     """Items/s at batch 1 (32 validation rows, one at a time, unpadded) and at batch 64
-    (4 batches) for each backend, through the model call predict makes."""
+    (4 batches), rows and batches spread over the split's lengths, for each backend,
+    through the model call predict makes."""
     import torch
     from omegaconf import OmegaConf
 
     from bigmodel_cli.commands.common import load_run
     from bigmodel_cli.export.backend import load_export
-    from bigmodel_cli.export.onnx_export import _rows
+    from bigmodel_cli.export.onnx_export import _rows, timing_samples
 
     trained = load_run(str(run_dir), "best", torch.device("cpu"))
     cfg = OmegaConf.create({"data_path": None, "batch_size": 64, "cache_dir": os.environ.get(
         "BIGMODEL_CACHE_DIR", str(Path.home() / ".cache" / "bigmodel"))})
     inputs = list(trained.model.encoder.inputs)
-    full = [{k: b[k] for k in inputs} for b in _rows(cfg, trained, "validation", 256)][:4]
-    single = [_one(full[0], i) for i in range(min(32, len(next(iter(full[0].values())))))]
+    single, full = timing_samples(_rows(cfg, trained, "validation", None), inputs)
     models = {"torch": trained.model}
     for backend in BACKENDS[1:]:
         models[backend] = load_export(run_dir / "export" / backend, trained.ckpt_dir, threads)
@@ -151,14 +151,6 @@ def _speeds(run_dir: Path, threads: int, seconds: float) -> dict:
             "rounds": ROUNDS}
 
 
-def _one(batch: dict, i: int) -> dict:
-    """Row i of a batch as a batch of one, without the padding its batch gave it."""
-    row = {k: v[i:i + 1] for k, v in batch.items()}
-    if "lengths" in row:
-        row["input_ids"] = row["input_ids"][:, :int(row["lengths"][0])]
-    return row
-
-
 def _rate(model, batches: list[dict], seconds: float) -> float:
     model(batches[0])  # warm-up: first-call allocations and graph set-up
     items, start = 0, time.perf_counter()
@@ -169,8 +161,10 @@ def _rate(model, batches: list[dict], seconds: float) -> float:
     return round(items / (time.perf_counter() - start), 1)
 
 
-def _generation(run_dir: Path, tokens: int) -> dict:
-    """Greedy tokens/s after a short prompt, with and without the KV cache."""
+def _generation(run_dir: Path, tokens: int, repeats: int = 3) -> dict:
+    """Greedy tokens/s after a short prompt, with and without the KV cache: a short warm-up
+    of each, then `repeats` alternating runs of each (a load change on the machine falls on
+    both), medians reported."""
     import torch
 
     from bigmodel_cli.commands.common import load_run
@@ -179,15 +173,23 @@ def _generation(run_dir: Path, tokens: int) -> dict:
     trained = load_run(str(run_dir), "best", torch.device("cpu"))
     prompt = trained.assets.encode("ROMEO:").ids
     out = {"tokens": tokens, "prompt_tokens": len(prompt),
-           "max_len": trained.model.encoder.max_len}
-    texts = {}
+           "max_len": trained.model.encoder.max_len, "repeats": repeats}
+
+    def run(cached: bool, n: int) -> str:
+        return generate(trained.model, trained.assets, prompt, max_new_tokens=n, temperature=0,
+                        top_k=0, generator=None, device="cpu", use_cache=cached)
+
+    texts, rates = {}, {True: [], False: []}
     with torch.inference_mode():
         for cached in (True, False):
-            start = time.perf_counter()
-            texts[cached] = generate(trained.model, trained.assets, prompt, max_new_tokens=tokens,
-                                     temperature=0, top_k=0, generator=None, device="cpu",
-                                     use_cache=cached)
-            out["cache" if cached else "no_cache"] = round(tokens / (time.perf_counter() - start), 1)
+            run(cached, 8)
+        for _ in range(repeats):
+            for cached in (True, False):
+                start = time.perf_counter()
+                texts[cached] = run(cached, tokens)
+                rates[cached].append(tokens / (time.perf_counter() - start))
+    out["cache"] = round(statistics.median(rates[True]), 1)
+    out["no_cache"] = round(statistics.median(rates[False]), 1)
     out["speedup"] = round(out["cache"] / out["no_cache"], 2)
     out["same_text"] = texts[True] == texts[False]
     return out
