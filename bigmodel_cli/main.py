@@ -109,19 +109,23 @@ def run_command(command: str, cfg: DictConfig) -> Any:
     except Exception as exc:
         if full_error and not multirun:
             raise
-        log.debug("traceback", exc_info=True)  # into the log file only
-        if isinstance(exc, NonFiniteLoss):
-            log.error("error: %s", exc)
-        else:
-            log.error("error: the %s job failed: %s: %s", command, type(exc).__name__, exc)
-            log.error("the full traceback is in %s (or set HYDRA_FULL_ERROR=1)",
-                      run_dir / f"{command}.log")
+        _log_failure(command, exc, run_dir)
         record_status(run_dir, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         if multirun:
             return float("nan")
         raise SystemExit(EXIT_FAILED) from None
     finally:
         shutdown()
+
+
+def _log_failure(command: str, exc: Exception, run_dir: Path) -> None:
+    """One line for the terminal; the traceback goes into the log file only."""
+    log.debug("traceback", exc_info=True)
+    if isinstance(exc, NonFiniteLoss):
+        log.error("error: %s", exc)
+        return
+    log.error("error: the %s job failed: %s: %s", command, type(exc).__name__, exc)
+    log.error("the full traceback is in %s (or set HYDRA_FULL_ERROR=1)", run_dir / f"{command}.log")
 
 
 def _monitored_value(result: Any) -> float:

@@ -356,10 +356,10 @@ def timing_samples(batches: list[dict], inputs: list[str], singles: int = 32,
 
 def _speed(session, inputs, outputs, batches, seconds: float = 1.0) -> dict:
     """Items per second at batch 1 and at the split's batch size (about `seconds` each)."""
-    single, full = ([{k: v.numpy() for k, v in feed.items()} for feed in feeds]
-                    for feeds in timing_samples(batches, inputs))
+    single, full = timing_samples(batches, inputs)
     result = {}
-    for tag, feeds in (("batch_1", single), ("batch_full", full)):
+    for tag, tensors in (("batch_1", single), ("batch_full", full)):
+        feeds = [{k: v.numpy() for k, v in feed.items()} for feed in tensors]
         items, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             for feed in feeds:
