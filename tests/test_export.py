@@ -364,6 +364,28 @@ def test_kv_cache_greedy_tokens_equal_uncached(new_tokens):
     assert out[True] == out[False]
 
 
+def test_kv_cache_logits_equal_the_full_context():
+    """Cached steps give the logits of a full forward pass: a prefill, a chunk of several new
+    positions (the cache plus a causal mask), then single positions (no mask at all)."""
+    import torch
+
+    from bigmodel_cli.models.text_transformer import TextTransformer
+    from bigmodel_cli.tasks.language_model import LanguageModel
+
+    torch.manual_seed(0)
+    model = LanguageModel(TextTransformer(60, n_layers=2, d_model=32, n_heads=4, d_ff=64,
+                                          max_len=16, dropout=0.0, causal=True), False).eval()
+    ids = torch.randint(5, 60, (1, 12))
+    with torch.inference_mode():
+        full = model(ids, torch.tensor([12]))[0]
+        caches, steps = [{}, {}], []
+        for start, end in [(0, 5), (5, 8), (8, 9), (9, 10), (10, 11), (11, 12)]:
+            chunk = ids[:, start:end]
+            steps.append(model(chunk, torch.tensor([end - start]), caches=caches,
+                               offset=start)[0])
+    torch.testing.assert_close(torch.cat(steps), full, atol=1e-5, rtol=1e-5)
+
+
 def test_fasttext_exports_its_bag_mean_without_a_loop(runs):
     """ONNX has no EmbeddingBag: the exported graph is a gather and a masked mean (equal to
     the bag, an all-padding text included), not a Loop over the texts."""

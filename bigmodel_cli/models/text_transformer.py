@@ -49,13 +49,13 @@ class TextTransformer(nn.Module):
                              f"{self.max_len}: lower data.max_length or raise model.max_len")
         positions = torch.arange(offset, t, device=input_ids.device)
         x = self.dropout(self.emb_norm(self.tok_emb(input_ids) + self.pos_emb(positions)))
-        # An empty text (length 0) still attends to its first position: never a fully masked row.
-        mask = positions[None, :] - offset < lengths.clamp(min=1)[:, None]
-        # A causal mask alone is enough when every row is full (packed blocks): the fused
-        # kernel then runs without an explicit mask.
+        # A causal mask alone is enough when every row is full (packed blocks, a generation
+        # step): the fused kernel then runs without an explicit mask.
         full = caches is not None or (not torch.onnx.is_in_onnx_export()
                                       and bool((lengths == input_ids.shape[1]).all()))
-        return self.stack(x, None if full else mask, self.causal, caches)
+        # An empty text (length 0) still attends to its first position: never a fully masked row.
+        mask = None if full else positions[None, :] - offset < lengths.clamp(min=1)[:, None]
+        return self.stack(x, mask, self.causal, caches)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         states = self.token_states(input_ids, lengths)

@@ -50,10 +50,14 @@ def generate(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int,
             step, offset = tokens[-window:], 0
             caches = [{} for _ in model.encoder.stack.blocks] if use_cache else None
         context = torch.tensor([step], device=device)
-        logits = model(context, torch.tensor([len(step)], device=device), caches=caches,
-                       offset=offset)
+        # Only the last position's logits are sampled from: a prefill of the whole window
+        # need not project every position onto the vocabulary.
+        last = torch.zeros(1, len(step), dtype=torch.bool, device=device)
+        last[0, -1] = True
+        logits = model(context, torch.tensor([len(step)], device=device), positions=last,
+                       caches=caches, offset=offset)
         cached = offset + len(step)
-        new.append(sample(logits[0, -1].float(), temperature, top_k, generator))
+        new.append(sample(logits[0].float(), temperature, top_k, generator))
         if on_piece is not None:
             text = tokenizer.decode(new)
             if text.startswith(shown):
