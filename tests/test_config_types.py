@@ -367,11 +367,13 @@ print(json.dumps({"code": code, "cpu_s": time.process_time() - cpu,
 
 def test_a_bad_value_fails_fast_before_torch_or_data(tmp_path, cli_env):
     """`bigmodel finetune optimizer.lr=abc` in a fresh process: exit 2 before torch, data or
-    the command's code is imported, in well under a second of CPU time after the interpreter
-    started (CPU time, not wall time: other processes on the machine do not count)."""
+    the command's code is imported, in under two seconds of CPU time after the interpreter
+    started (CPU time, not wall time: other processes on the machine do not count). Importing
+    torch and datasets alone costs 4.4 s of CPU here; the check itself took 0.89-1.17 s on an
+    idle 2-core machine, so a one-second bound failed on a slow day without any regression."""
     out = subprocess.run([sys.executable, "-c", CHECK, "optimizer.lr=abc", "trainer.max_steps=x"],
                          cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=60)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["code"] == 2 and result["heavy"] == [], result
     assert "optimizer.lr: expected" in out.stderr and "trainer.max_steps: expected" in out.stderr
-    assert result["cpu_s"] < 1.0, result
+    assert result["cpu_s"] < 2.0, result
