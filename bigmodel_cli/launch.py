@@ -11,6 +11,7 @@ Typer app in cli.py. Nothing here imports torch.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -112,10 +113,32 @@ def run_hydra_command(command: str, args: list[str]) -> None:
         sys.argv = saved_argv
 
 
+def end_process(code: int | None) -> None:
+    """Exit with `code`. A process that created a torch.distributed group exits without
+    interpreter finalization: a gloo worker thread that releases its last collective's
+    tensors then needs the GIL, which a finalizing interpreter answers by ending the thread
+    inside C++, and the process aborts (SIGABRT, "terminate called without an active
+    exception") after its run succeeded (2 of 34 paused 2-rank FSDP runs). Every file
+    of the run is closed by then; logs and the terminal are flushed here first."""
+    distributed = sys.modules.get("bigmodel_cli.engine.distributed")
+    if distributed is None or not distributed.group_created:
+        raise SystemExit(code)
+    import logging  # only here: `bigmodel --help` does not need it
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 def main() -> None:
     if sys.argv[1:2] and sys.argv[1] in HYDRA_COMMANDS:
-        run_hydra_command(sys.argv[1], sys.argv[2:])
-        return
+        try:
+            run_hydra_command(sys.argv[1], sys.argv[2:])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        end_process(code)
     from bigmodel_cli import cli
 
     # Completion runs on every <TAB>: answered without Typer's argument parsing (which

@@ -65,18 +65,29 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_nodes_meet_at_a_c10d_rendezvous(cli_process, one_process_run):
+def test_two_nodes_meet_at_a_c10d_rendezvous(cli_process, one_process_run, tmp_path):
     """Two torchrun launchers, as on two machines: `--nnodes=2`, one process each, meeting
     at a c10d rendezvous on 127.0.0.1 (on a cluster: the first node's address)."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     command = [torchrun, "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
                f"--rdzv_endpoint=127.0.0.1:{_free_port()}", "--rdzv_id=two-nodes",
                "-m", "bigmodel_cli", "finetune", *ARGS]
-    nodes = [subprocess.Popen(command, cwd=cli_process.cwd, env=cli_process.env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    for node, (_, stderr) in zip(nodes, outputs):
-        assert node.returncode == 0, stderr[-3000:]
+    # Each node writes to files, not pipes: a node blocked on a full pipe that nobody reads
+    # yet would stall the other node's collectives.
+    logs = [(tmp_path / f"node{i}.out", tmp_path / f"node{i}.err") for i in range(2)]
+    nodes = []
+    for out, err in logs:
+        with out.open("w") as stdout, err.open("w") as stderr:
+            nodes.append(subprocess.Popen(command, cwd=cli_process.cwd, env=cli_process.env,
+                                          stdout=stdout, stderr=stderr))
+    for node in nodes:
+        node.wait(timeout=300)
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    # When one node fails, the other usually fails too, with a broken connection to the
+    # rendezvous store that the first one hosted: show both, the cause is in one of them.
+    failed = [f"node {i} exited {node.returncode}:\n{stderr[-3000:]}"
+              for i, (node, (_, stderr)) in enumerate(zip(nodes, outputs)) if node.returncode]
+    assert not failed, "\n\n".join(failed)
     run = _only_run(Path(cli_process.cwd, "outputs", "finetune"))
     # The launcher whose process became global rank 0 prints the run directory.
     assert sum(str(run) in stdout for stdout, _ in outputs) == 1

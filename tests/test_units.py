@@ -217,6 +217,37 @@ def test_only_rank_0_records_how_a_run_ended(tmp_path, monkeypatch):
     assert '"paused"' in (tmp_path / "run.json").read_text()
 
 
+ENDER = """
+import logging, sys
+from bigmodel_cli.engine import distributed
+from bigmodel_cli.launch import end_process
+logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
+distributed.init()  # a group of this process alone, as FSDP on one process makes
+distributed.all_gather_object({"rank": 0})
+distributed.shutdown()
+logging.getLogger("bigmodel").info("last log line")
+print("last output, no newline", end="")
+end_process(int(sys.argv[2]))
+"""
+
+
+def test_a_process_with_a_process_group_ends_with_its_code_and_output_flushed(tmp_path):
+    """Such a process skips interpreter finalization (gloo's threads abort it there); its
+    exit code, its buffered stdout and its log file must survive that."""
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "job.log"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for code in (0, 3):
+        result = subprocess.run([sys.executable, "-c", ENDER, str(log), str(code)],
+                                capture_output=True, text=True, timeout=120, env=buffered)
+        assert result.returncode == code, result.stderr
+        assert result.stdout == "last output, no newline"
+        assert log.read_text().count("last log line") == (1 if code == 0 else 2)
+
+
 def test_timing_samples_spread_over_lengths_and_keep_no_padding():
     """Speed figures are measured on rows of every length, not the first (shortest) batch."""
     from bigmodel_cli.export.onnx_export import timing_samples

@@ -20,6 +20,11 @@ import os
 import sys
 import time
 
+# Set once this process has created a process group: its gloo worker threads then outlive
+# destroy_process_group, and the process must end without interpreter finalization
+# (launch.end_process).
+group_created = False
+
 
 def world() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) when not launched by it."""
@@ -59,8 +64,10 @@ def init() -> None:
     import torch
     import torch.distributed as dist
 
+    global group_created
     if dist.is_initialized():
         return
+    group_created = True
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if is_distributed() or "MASTER_ADDR" in os.environ:
         dist.init_process_group(backend=backend)
@@ -74,9 +81,9 @@ def init() -> None:
 
 
 def shutdown() -> None:
-    """Destroy the process group at the end of a job, on every rank and every ending. Left to
-    interpreter exit, gloo's worker threads can outlive it and abort the process (SIGABRT,
-    "terminate called without an active exception") after the run itself succeeded."""
+    """Destroy the process group at the end of a job, on every rank and every ending. This
+    does not stop gloo's worker threads (FSDP's device mesh still holds the group); ending
+    such a process is launch.end_process's job."""
     dist = sys.modules.get("torch.distributed")  # a job that never imported it has no group
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
