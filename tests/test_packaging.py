@@ -3,6 +3,7 @@ from a fresh virtual environment, away from the repository."""
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
 import zipfile
@@ -11,6 +12,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _site_packages() -> list[str]:
+    """Where this interpreter's installed packages are: its site-packages (a virtual
+    environment's own where the tests run in one) and, if present, the user's."""
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    return [p for p in [*site.getsitepackages(), user] if p and Path(p).is_dir()]
 
 
 @pytest.mark.slow
@@ -27,14 +35,22 @@ def test_wheel_ships_configs_and_runs(tmp_path):
         assert needed in names, needed
 
     venv = tmp_path / "venv"
-    # System site-packages provide the dependencies; the package itself comes from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # The running interpreter's site-packages provide the dependencies, through a .pth file
+    # (--system-site-packages would give the base interpreter's, which a test run from a
+    # virtual environment does not use); the package itself comes from the wheel. Paths a
+    # .pth file adds do not have their own .pth files read, so the repository's editable
+    # install stays out.
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    venv_site = subprocess.run([str(venv / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    Path(venv_site, "outer_site_packages.pth").write_text("\n".join(_site_packages()) + "\n")
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps",
                           "--force-reinstall", str(wheel)], capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-2000:]
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import bigmodel_cli, bigmodel_cli.config as c; print(bigmodel_cli.__file__); print(c.conf_dir())"],
                            capture_output=True, text=True, cwd=tmp_path)
+    assert where.returncode == 0, where.stderr[-2000:]
     module_file, conf = where.stdout.split()
     assert module_file.startswith(str(venv)) and conf.startswith(str(venv)), where.stdout
     result = subprocess.run([str(venv / "bin" / "bigmodel"), "finetune", "model=fasttext", "--cfg", "job"],
