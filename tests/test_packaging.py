@@ -6,6 +6,7 @@ from __future__ import annotations
 import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -41,8 +42,7 @@ def test_wheel_ships_configs_and_runs(tmp_path):
     # .pth file adds do not have their own .pth files read, so the repository's editable
     # install stays out.
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    venv_site = subprocess.run([str(venv / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+    venv_site = sysconfig.get_path("purelib", vars={"base": str(venv)})
     Path(venv_site, "outer_site_packages.pth").write_text("\n".join(_site_packages()) + "\n")
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps",
                           "--force-reinstall", str(wheel)], capture_output=True, text=True)

@@ -41,10 +41,12 @@ class SelfAttention(nn.Module):
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
             cache["k"], cache["v"] = k, v
-            if causal and t > 1 and k.shape[2] != t:  # new queries see the cache and their past
-                attn_mask = torch.ones(t, k.shape[2], dtype=torch.bool,
-                                       device=x.device).tril(k.shape[2] - t)
-            causal = causal and k.shape[2] == t  # one new query sees every key: no mask
+            past = k.shape[2] - t
+            if causal and past:  # new queries see every cached key and their own past
+                if t > 1:  # one new query sees every key: no mask at all
+                    attn_mask = torch.ones(t, k.shape[2], dtype=torch.bool,
+                                           device=x.device).tril(past)
+                causal = False
         if mask is not None:  # keys that are padding get no attention
             attn_mask = mask[:, None, None, :]
             if causal:
