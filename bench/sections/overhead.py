@@ -139,7 +139,8 @@ def engine(p: Prepared, c, steps: int) -> dict:
 
 def measure(p: Prepared, c, steps: int, rounds: int) -> dict:
     """`rounds` of the plain loop and the engine, interleaved and in alternating order, so
-    that a slow spell of a noisy machine falls on both; medians of each."""
+    that a slow spell of a noisy machine falls on both; medians of each, and the median of
+    the rounds' paired ratios."""
     import statistics
 
     plain(p, c, min(WARMUP_STEPS, steps))
