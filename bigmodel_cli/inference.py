@@ -66,19 +66,16 @@ class Predictor:
         onnxruntime in the model's place (the task makes the same records from it)."""
         from dataclasses import replace
 
-        import torch
-
         from bigmodel_cli.commands.common import load_run
         from bigmodel_cli.engine.runtime import select_device
         from bigmodel_cli.engine.trainer import autocast
 
-        # onnxruntime runs on the CPU here; the torch side (encoding, records) follows it.
-        device = select_device(device_name if backend == "torch" else "cpu", threads)
-        if backend != "torch":
-            # What torch still does here is small (softmax, top-k of the logits). Its thread
-            # pool beside onnxruntime's kept spinning on the cores the other one needed:
-            # predict at batch 64 ran 3,600 texts/s with two torch threads, 6,300 with one.
-            torch.set_num_threads(1)
+        # onnxruntime runs on the CPU here, on `threads`; the torch side follows it on one
+        # thread: it only computes the softmax and top-k of the logits, and a torch pool beside
+        # onnxruntime's kept spinning on the cores the other one needed (predict at batch 64:
+        # 3,600 texts/s with two torch threads, 6,300 with one).
+        onnx = backend != "torch"
+        device = select_device("cpu" if onnx else device_name, 1 if onnx else threads)
         try:
             autocast(device, precision)
         except ValueError as exc:
@@ -88,7 +85,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise UsageError(f"backend={backend}: must be one of {', '.join(BACKENDS)}")
         trained = load_run(str(run), ckpt, device)
-        if backend != "torch":
+        if onnx:
             from bigmodel_cli.export.onnx_export import check_exportable
 
             check_exportable(trained, f"backend={backend}")
